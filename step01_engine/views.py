@@ -1,0 +1,148 @@
+"""The page, the JSON API and its errors."""
+
+from flask import Blueprint
+from flask import abort
+from flask import current_app
+from flask import render_template
+from flask import request
+from flask import url_for
+from sqlalchemy import delete
+from sqlalchemy import insert
+from sqlalchemy import select
+from sqlalchemy import update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import PendingRollbackError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from werkzeug.exceptions import HTTPException
+
+from . import db
+from .models import MAX_TEXT_LENGTH
+from .models import messages
+from .models import to_dict
+
+bp = Blueprint("messages", __name__)
+
+# Ids are INTEGER columns; a larger number can name no message, and would
+# make the database driver raise instead of simply finding nothing.
+MESSAGE_ID = "<int(max=2147483647):message_id>"
+
+
+@bp.get("/")
+def index():
+    """Show the messages, a form to add one, and the live pool panel."""
+    with db.get_engine().connect() as connection:
+        rows = connection.execute(select(messages).order_by(messages.c.id)).all()
+    return render_template("index.html", messages=rows)
+
+
+@bp.get("/pool")
+def pool():
+    """Show what the app's connection pool holds right now."""
+    return db.pool_status()
+
+
+@bp.get("/messages")
+def list_messages():
+    """List the messages by id."""
+    with db.get_engine().connect() as connection:
+        rows = connection.execute(select(messages).order_by(messages.c.id)).all()
+    return [to_dict(row) for row in rows]
+
+
+@bp.post("/messages")
+def create_message():
+    """Add a message from a JSON body ``{"text": ...}``."""
+    text = read_text()
+    # begin() commits when the block ends, or rolls back if it raises.
+    with db.get_engine().begin() as connection:
+        row = connection.execute(
+            insert(messages).values(text=text).returning(messages)
+        ).one()
+    location = url_for(".get_message", message_id=row.id)
+    return to_dict(row), 201, {"Location": location}
+
+
+@bp.get(f"/messages/{MESSAGE_ID}")
+def get_message(message_id):
+    """Show one message."""
+    with db.get_engine().connect() as connection:
+        row = connection.execute(
+            select(messages).where(messages.c.id == message_id)
+        ).one_or_none()
+    return to_dict(found(row, message_id))
+
+
+@bp.patch(f"/messages/{MESSAGE_ID}")
+def update_message(message_id):
+    """Replace a message's text from a JSON body ``{"text": ...}``."""
+    text = read_text()
+    with db.get_engine().begin() as connection:
+        row = connection.execute(
+            update(messages)
+            .where(messages.c.id == message_id)
+            .values(text=text)
+            .returning(messages)
+        ).one_or_none()
+    return to_dict(found(row, message_id))
+
+
+@bp.delete(f"/messages/{MESSAGE_ID}")
+def delete_message(message_id):
+    """Delete a message."""
+    with db.get_engine().begin() as connection:
+        row = connection.execute(
+            delete(messages).where(messages.c.id == message_id).returning(messages.c.id)
+        ).one_or_none()
+    found(row, message_id)
+    return "", 204
+
+
+def found(row, message_id):
+    """Return the row if there is one, or abort with 404."""
+    if row is None:
+        abort(404, f"message {message_id} not found")
+    return row
+
+
+def read_text():
+    """Return the valid ``text`` of the request's JSON body, or abort with 400."""
+    if not request.is_json:
+        abort(415, "send a JSON body with Content-Type: application/json")
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        # json.loads gives up on very deeply nested arrays this way.
+        body = None
+    if not isinstance(body, dict) or body.keys() != {"text"}:
+        abort(400, 'the body must be a JSON object with one key, "text"')
+    text = body["text"]
+    if not isinstance(text, str) or not 1 <= len(text) <= MAX_TEXT_LENGTH:
+        abort(400, f'"text" must be a string of 1 to {MAX_TEXT_LENGTH} characters')
+    if "\x00" in text:
+        # PostgreSQL cannot store NUL in a text column.
+        abort(400, '"text" must not contain NUL characters')
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # JSON can carry lone surrogates ("\ud800") that no database stores.
+        abort(400, '"text" must be valid Unicode, without lone surrogates')
+    return text
+
+
+@bp.app_errorhandler(HTTPException)
+def http_error(error):
+    """Answer every HTTP error as JSON ``{"error": ...}``."""
+    return {"error": error.description}, error.code
+
+
+@bp.app_errorhandler(DBAPIError)
+@bp.app_errorhandler(PoolTimeoutError)
+@bp.app_errorhandler(PendingRollbackError)
+def database_unavailable(error):
+    """Answer 503 when the database cannot serve the request, and log why."""
+    # A lost or refused connection, a pool with no connection free within
+    # pool_timeout, or a session whose failed transaction was never rolled
+    # back: the request may succeed if tried again, so 503, not 500.
+    current_app.logger.warning("database unavailable", exc_info=error)
+    reason = str(error).splitlines()[0]
+    return {"error": f"database unavailable: {reason}"}, 503

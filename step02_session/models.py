@@ -1,0 +1,40 @@
+"""The ORM model of the one table, ``messages``."""
+
+from datetime import UTC
+from datetime import datetime
+
+from sqlalchemy import DateTime
+from sqlalchemy import String
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+
+MAX_TEXT_LENGTH = 500
+
+
+def utc_now():
+    """Return the current time in UTC."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Message(Base):
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    text: Mapped[str] = mapped_column(String(MAX_TEXT_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utc_now
+    )
+
+    def to_dict(self):
+        """Return the message as the API shows it."""
+        # SQLite keeps no time zone, so the value comes back naive: it was
+        # written in UTC by utc_now().
+        created_at = self.created_at
+        if created_at.tzinfo is None:
+            created_at = created_at.replace(tzinfo=UTC)
+        return {"id": self.id, "text": self.text, "created_at": created_at.isoformat()}

@@ -1,0 +1,128 @@
+"""The engine, the session registry, and the ``init-db`` command."""
+
+import os
+import threading
+import weakref
+from functools import partial
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+from sqlalchemy import create_engine
+from sqlalchemy import event
+from sqlalchemy.orm import scoped_session
+from sqlalchemy.orm import sessionmaker
+
+from .models import Base
+
+# Each pool setting answers a fault seen in production; any of them can be
+# overridden through the ENGINE_OPTIONS configuration key.
+POOL_DEFAULTS = {
+    # Ping each connection as it is checked out and replace it if the server
+    # dropped it (idle timeout, restart, failover): without it, the request
+    # that meets a dead connection fails.
+    "pool_pre_ping": True,
+    # Replace a connection at checkout once it is 30 minutes old, before a
+    # server's or firewall's idle timeout can kill it unnoticed.
+    "pool_recycle": 1800,
+    # Keep up to 5 connections open, and open up to 10 more under load
+    # (closed again when returned): the server sees at most 15 from us.
+    "pool_size": 5,
+    "max_overflow": 10,
+    # Wait at most 10 seconds for a free connection, then answer 503 rather
+    # than hang past the timeout of the proxy in front of the app.
+    "pool_timeout": 10,
+}
+
+
+def init_app(app):
+    """Give the app its engine and session registry, and register the CLI."""
+    # One engine per app, created here and never per request: the engine
+    # owns the connection pool, so requests borrow connections from it.
+    engine = create_engine(
+        app.config["DATABASE_URL"], **{**POOL_DEFAULTS, **app.config["ENGINE_OPTIONS"]}
+    )
+    app.extensions["engine"] = engine
+    # A forked child (gunicorn --preload, multiprocessing) inherits the pool
+    # and its open connections; if both processes use one socket, their
+    # traffic interleaves. The child must start with a pool of its own.
+    os.register_at_fork(after_in_child=partial(start_fresh_pool, weakref.ref(engine)))
+    app.extensions["connection_counter"] = ConnectionCounter(engine)
+    # One Session per thread: each request handled on a thread uses the
+    # Session that scoped_session keeps for that thread.
+    app.extensions["session"] = scoped_session(sessionmaker(bind=engine))
+    # Without this, the thread's Session would keep its connection checked
+    # out, its transaction open and its objects cached after the request.
+    app.teardown_appcontext(remove_session)
+    app.cli.add_command(init_db_command)
+
+
+def get_engine():
+    """Return the current app's engine."""
+    return current_app.extensions["engine"]
+
+
+def get_session():
+    """Return the current thread's Session from the app's registry."""
+    return current_app.extensions["session"]()
+
+
+def start_fresh_pool(engine_ref):
+    """Give a forked child an empty pool, leaving the parent's connections be."""
+    engine = engine_ref()
+    if engine is not None:
+        # close=False: forget the inherited connections without closing
+        # them, since closing would end them for the parent process too.
+        engine.dispose(close=False)
+
+
+def remove_session(exception=None):
+    """Close the thread's Session and forget it when the app context ends."""
+    # remove() closes the Session (rolling back what was not committed and
+    # returning its connection to the pool), then drops it from the
+    # registry, so the thread's next request starts with a new Session.
+    current_app.extensions["session"].remove()
+
+
+class ConnectionCounter:
+    """Count the DBAPI connections that an engine's pool opens."""
+
+    def __init__(self, engine):
+        self.connects = 0
+        self._lock = threading.Lock()
+        event.listen(engine, "connect", self._on_connect)
+
+    def _on_connect(self, dbapi_connection, connection_record):
+        with self._lock:
+            self.connects += 1
+
+
+def pool_status():
+    """Return the state of the current app's pool, as ``/pool`` shows it."""
+    engine = get_engine()
+    pool = engine.pool
+    return {
+        "pool_class": type(pool).__name__,
+        "size": _count(pool, "size"),
+        "checked_in": _count(pool, "checkedin"),
+        "checked_out": _count(pool, "checkedout"),
+        "overflow": _count(pool, "overflow"),
+        "connects": current_app.extensions["connection_counter"].connects,
+        "pid": os.getpid(),
+        "url": engine.url.render_as_string(hide_password=True),
+    }
+
+
+def _count(pool, name):
+    # Only QueuePool keeps every count; NullPool, StaticPool and
+    # SingletonThreadPool (in-memory SQLite) lack some: those show null.
+    method = getattr(pool, name, None)
+    return method() if method is not None else None
+
+
+@click.command("init-db")
+@with_appcontext
+def init_db_command():
+    """Create the tables that do not exist yet."""
+    Base.metadata.create_all(get_engine())
+    click.echo("Initialized the database.")
