@@ -18,9 +18,18 @@ from .models import Message
 
 bp = Blueprint("messages", __name__)
 
-# Ids are INTEGER columns; a larger number can name no message, and would
-# make the database driver raise instead of simply finding nothing.
-MESSAGE_ID = "<int(max=2147483647):message_id>"
+MESSAGE_ID = "<int:message_id>"
+# The largest id an INTEGER column holds on every database.
+MAX_MESSAGE_ID = 2**31 - 1
+
+
+@bp.url_value_preprocessor
+def refuse_impossible_ids(endpoint, values):
+    """Answer 404 for an id larger than any message id can be."""
+    # Without this, the driver would raise on the number (SQLite: "Python
+    # int too large to convert") instead of simply finding no message.
+    if values and values["message_id"] > MAX_MESSAGE_ID:
+        abort(404, f"message {values['message_id']} not found")
 
 
 @bp.get("/")
@@ -129,4 +138,4 @@ def database_unavailable(error):
     # back: the request may succeed if tried again, so 503, not 500.
     current_app.logger.warning("database unavailable", exc_info=error)
     reason = str(error).splitlines()[0]
-    return {"error": f"database unavailable: {reason}"}, 503
+    return {"error": f"database unavailable ({type(error).__name__}): {reason}"}, 503

@@ -1,0 +1,132 @@
+"""What the tests share besides fixtures: the steps, and small helpers."""
+
+import importlib
+import pathlib
+import threading
+
+from sqlalchemy import event
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# Every step package in the repository, so that a new step joins the shared
+# suite by existing.
+STEPS = sorted(
+    path.name
+    for path in ROOT.glob("step[0-9][0-9]_*")
+    if (path / "__init__.py").is_file()
+)
+
+
+def steps_from(first):
+    """Return the steps that keep the concept ``first`` introduced."""
+    return [step for step in STEPS if step >= first]
+
+
+def step_before(step):
+    """Return the step that comes before ``step``."""
+    return STEPS[STEPS.index(step) - 1]
+
+
+def import_step(step):
+    """Import a step package by name."""
+    return importlib.import_module(step)
+
+
+def pool_status(client):
+    """Return what ``GET /pool`` answers."""
+    response = client.get("/pool")
+    assert response.status_code == 200
+    return response.get_json()
+
+
+def run_in_new_thread(function):
+    """Run ``function`` in a new thread, wait for it, and return its result."""
+    results = []
+    thread = threading.Thread(target=lambda: results.append(function()))
+    thread.start()
+    thread.join()
+    return results[0]
+
+
+def lose_connection_before(engine, statement_start):
+    """Close the DBAPI connection under the next statement that starts so.
+
+    The statement then fails as it would on a connection the server dropped
+    in the middle of a request: SQLAlchemy sees a disconnect.
+    """
+
+    closed = []
+
+    def close_connection(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith(statement_start) and not closed:
+            conn.connection.dbapi_connection.close()
+            closed.append(statement)
+
+    event.listen(engine, "before_cursor_execute", close_connection)
+
+
+def drop_next_returned_connection(engine):
+    """Close the next connection returned to the pool, as a server would.
+
+    It waits in the pool, dead, for the next checkout: what an idle timeout
+    or a server restart leaves behind.
+    """
+    event.listen(
+        engine.pool,
+        "checkin",
+        lambda dbapi_connection, record: dbapi_connection.close(),
+        once=True,
+    )
+
+
+def send_from_threads(app, threads, requests, path="/messages"):
+    """Send GET requests from long-lived threads, as a pooled server would.
+
+    Each thread sends up to ``requests`` requests and stops at its first
+    failure. Return each thread's responses: (status, error) pairs.
+    """
+    outcomes = [[] for _ in range(threads)]
+
+    def work(outcome):
+        client = app.test_client()
+        for _ in range(requests):
+            response = client.get(path)
+            outcome.append(
+                (
+                    response.status_code,
+                    response.get_json().get("error")
+                    if response.status_code != 200
+                    else None,
+                )
+            )
+            if response.status_code != 200:
+                break
+
+    workers = [threading.Thread(target=work, args=(outcome,)) for outcome in outcomes]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return outcomes
+
+
+def read_from_snapshots(engine):
+    """Make the engine's SQLite transactions read from a snapshot.
+
+    A transaction then sees the database as it was at its first read, as
+    MySQL's do by default (REPEATABLE READ) and PostgreSQL's do at REPEATABLE
+    READ. By itself, Python's sqlite3 starts no transaction for a SELECT.
+    This is the recipe of SQLAlchemy's SQLite dialect documentation
+    ("Serializable isolation / Savepoints / Transactional DDL"), in WAL mode
+    so that other connections can still write.
+    """
+
+    def on_connect(dbapi_connection, connection_record):
+        dbapi_connection.isolation_level = None
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+
+    def on_begin(connection):
+        connection.exec_driver_sql("BEGIN")
+
+    event.listen(engine, "connect", on_connect)
+    event.listen(engine, "begin", on_begin)

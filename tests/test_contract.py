@@ -1,0 +1,306 @@
+"""The contract every step keeps: the JSON API, its errors, /pool and the page."""
+
+import os
+from datetime import UTC
+from datetime import datetime
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import inspect
+
+from .support import import_step
+from .support import pool_status
+
+
+def create(client, text="hello"):
+    response = client.post("/messages", json={"text": text})
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def test_a_message_has_an_id_its_text_and_an_iso_8601_creation_time(client):
+    before = datetime.now(UTC)
+    message = create(client, "hello")
+
+    assert set(message) == {"id", "text", "created_at"}
+    assert isinstance(message["id"], int)
+    assert message["text"] == "hello"
+    created_at = datetime.fromisoformat(message["created_at"])
+    assert created_at.utcoffset() == timedelta(0)
+    assert before - timedelta(seconds=1) <= created_at <= datetime.now(UTC)
+
+
+def test_create_answers_201_with_the_location_of_the_new_message(client):
+    response = client.post("/messages", json={"text": "hello"})
+
+    assert response.status_code == 201
+    assert response.headers["Location"] == f"/messages/{response.get_json()['id']}"
+    assert client.get(response.headers["Location"]).get_json() == response.get_json()
+
+
+def test_messages_are_listed_by_id(client):
+    created = [create(client, text) for text in ("c", "a", "b")]
+
+    response = client.get("/messages")
+
+    assert response.status_code == 200
+    assert response.get_json() == sorted(created, key=lambda message: message["id"])
+
+
+def test_patch_replaces_the_text_and_keeps_the_rest(client):
+    message = create(client, "before")
+
+    response = client.patch(f"/messages/{message['id']}", json={"text": "after"})
+
+    assert response.status_code == 200
+    assert response.get_json() == {**message, "text": "after"}
+    assert client.get(f"/messages/{message['id']}").get_json()["text"] == "after"
+
+
+def test_delete_answers_204_and_the_message_is_gone(client):
+    message = create(client)
+
+    response = client.delete(f"/messages/{message['id']}")
+
+    assert response.status_code == 204
+    assert response.data == b""
+    assert client.get(f"/messages/{message['id']}").status_code == 404
+    assert client.get("/messages").get_json() == []
+
+
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [("get", None), ("patch", {"text": "x"}), ("delete", None)],
+)
+@pytest.mark.parametrize("message_id", [1, 2147483647, 2147483648, 10**30])
+def test_an_absent_message_is_a_json_404(client, method, body, message_id):
+    create(client)
+    client.delete("/messages/1")
+
+    response = getattr(client, method)(f"/messages/{message_id}", json=body)
+
+    assert response.status_code == 404
+    assert "error" in response.get_json()
+
+
+def test_text_of_1_and_of_500_characters_is_accepted(client):
+    assert create(client, "x")["text"] == "x"
+    assert create(client, "é" * 500)["text"] == "é" * 500
+
+
+# Bad input, each with the status and the error it must get.
+BAD_BODIES = [
+    pytest.param(
+        {"data": "text=hi", "content_type": "application/x-www-form-urlencoded"},
+        415,
+        "Content-Type: application/json",
+        id="form-encoded",
+    ),
+    pytest.param({"data": b"", "content_type": None}, 415, "JSON", id="no-body"),
+    pytest.param(
+        {"data": "{not json", "content_type": "application/json"},
+        400,
+        "JSON object",
+        id="malformed-json",
+    ),
+    pytest.param(
+        {"data": "[" * 50_000, "content_type": "application/json"},
+        400,
+        "JSON object",
+        id="deeply-nested-json",
+    ),
+    pytest.param(
+        {"data": "null", "content_type": "application/json"},
+        400,
+        "JSON object",
+        id="null",
+    ),
+    pytest.param({"json": ["hi"]}, 400, "JSON object", id="array"),
+    pytest.param({"json": {}}, 400, '"text"', id="no-text"),
+    pytest.param({"json": {"txt": "hi"}}, 400, '"text"', id="misspelt-key"),
+    pytest.param({"json": {"text": "hi", "id": 7}}, 400, '"text"', id="unexpected-key"),
+    pytest.param({"json": {"text": ""}}, 400, "1 to 500", id="empty"),
+    pytest.param({"json": {"text": "x" * 501}}, 400, "1 to 500", id="too-long"),
+    pytest.param({"json": {"text": None}}, 400, "string", id="null-text"),
+    pytest.param({"json": {"text": 42}}, 400, "string", id="number"),
+    pytest.param({"json": {"text": ["hi"]}}, 400, "string", id="list"),
+    pytest.param({"json": {"text": "a\x00b"}}, 400, "NUL", id="nul-character"),
+    pytest.param(
+        {"data": '{"text": "\\ud800"}', "content_type": "application/json"},
+        400,
+        "surrogate",
+        id="lone-surrogate",
+    ),
+    pytest.param(
+        {"data": b'{"text": "\xff"}', "content_type": "application/json"},
+        400,
+        "JSON object",
+        id="invalid-utf8",
+    ),
+    pytest.param(
+        {"json": {"text": "x" * 70_000}}, 413, "capacity limit", id="body-over-64-kib"
+    ),
+]
+
+
+@pytest.mark.parametrize(("request_args", "status", "error"), BAD_BODIES)
+@pytest.mark.parametrize("method", ["post", "patch"])
+def test_bad_input_gets_a_json_error_and_changes_nothing(
+    client, method, request_args, status, error
+):
+    message = create(client, "unchanged")
+    path = "/messages" if method == "post" else f"/messages/{message['id']}"
+
+    response = getattr(client, method)(path, **request_args)
+
+    assert response.status_code == status
+    assert error in response.get_json()["error"]
+    assert client.get("/messages").get_json() == [message]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("get", "/nowhere", 404),
+        ("get", "/messages/abc", 404),
+        ("get", "/messages/-1", 404),
+        ("put", "/messages/1", 405),
+        ("delete", "/messages", 405),
+        ("post", "/pool", 405),
+    ],
+)
+def test_routing_errors_are_json_too(client, method, path, status):
+    response = getattr(client, method)(path)
+
+    assert response.status_code == status
+    assert response.is_json
+    assert response.get_json()["error"]
+
+
+def test_pool_shows_the_pool_the_process_and_the_database(client, database_url):
+    status = pool_status(client)
+
+    assert status["pool_class"] == "QueuePool"
+    assert status["size"] == 5
+    assert status["pid"] == os.getpid()
+    assert status["url"] == database_url
+    for count in ("checked_in", "checked_out", "overflow", "connects"):
+        assert isinstance(status[count], int)
+
+
+def test_pool_opens_no_connection_before_the_first_query(client):
+    assert pool_status(client)["connects"] == 0
+    assert pool_status(client)["checked_in"] == 0
+
+    client.get("/messages")
+
+    status = pool_status(client)
+    assert status["connects"] == 1
+    assert status["checked_in"] + status["checked_out"] == 1
+
+
+def test_pool_masks_the_database_password(step):
+    # Nothing listens there, and nothing needs to: /pool runs no query.
+    url = "postgresql+psycopg://reader:s3cret@127.0.0.1:9/articles"
+    app = import_step(step).create_app({"DATABASE_URL": url})
+
+    status = pool_status(app.test_client())
+
+    assert status["url"] == "postgresql+psycopg://reader:***@127.0.0.1:9/articles"
+    assert status["connects"] == 0
+
+
+def test_init_db_creates_the_table_and_can_run_twice(step, database_url):
+    app = import_step(step).create_app({"DATABASE_URL": database_url})
+    runner = app.test_cli_runner()
+
+    for _ in range(2):
+        result = runner.invoke(args=["init-db"])
+        assert result.exit_code == 0
+        assert result.output == "Initialized the database.\n"
+
+    engine = app.extensions["engine"]
+    assert [c["name"] for c in inspect(engine).get_columns("messages")] == [
+        "id",
+        "text",
+        "created_at",
+    ]
+    engine.dispose()
+
+
+def test_the_default_database_is_a_sqlite_file_in_the_instance_folder(
+    step, monkeypatch
+):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("FLASK_DATABASE_URL", raising=False)
+
+    app = import_step(step).create_app()
+
+    expected = os.path.join(app.instance_path, f"{step}.sqlite")
+    assert app.config["DATABASE_URL"] == f"sqlite:///{expected}"
+    assert os.path.isdir(app.instance_path)
+
+
+def test_the_database_url_variable_replaces_the_default(step, monkeypatch, tmp_path):
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'env.sqlite'}")
+
+    app = import_step(step).create_app()
+
+    assert app.extensions["engine"].url.database == str(tmp_path / "env.sqlite")
+
+
+def test_flask_prefixed_variables_set_engine_options(step, monkeypatch, tmp_path):
+    monkeypatch.setenv("FLASK_DATABASE_URL", f"sqlite:///{tmp_path / 'flask.sqlite'}")
+    monkeypatch.setenv("FLASK_ENGINE_OPTIONS", '{"pool_size": 2, "max_overflow": 0}')
+
+    app = import_step(step).create_app()
+
+    status = pool_status(app.test_client())
+    assert status["size"] == 2
+    assert status["overflow"] == -2
+    assert status["url"].endswith("flask.sqlite")
+
+
+def test_test_config_wins_over_the_environment(step, monkeypatch, tmp_path):
+    monkeypatch.setenv("FLASK_ENGINE_OPTIONS", '{"pool_size": 2}')
+
+    app = import_step(step).create_app(
+        {
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'test.sqlite'}",
+            "ENGINE_OPTIONS": {"pool_size": 3},
+        }
+    )
+
+    assert pool_status(app.test_client())["size"] == 3
+
+
+def test_the_page_shows_the_step_its_messages_a_form_and_the_pool_panel(step, client):
+    create(client, "first message")
+    create(client, "<script>alert(1)</script>")
+
+    response = client.get("/")
+
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    page = response.get_data(as_text=True)
+    number = int(step[4:6])
+    assert f"<h1>Step {number}:" in page
+    assert '<p id="concept">' in page
+    assert "first message" in page
+    # Text is escaped, never run.
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script>alert(1)" not in page
+    assert '<form id="new-message">' in page
+    for label, key in [
+        ("checked out", "checked_out"),
+        ("checked in", "checked_in"),
+        ("overflow", "overflow"),
+        ("connects", "connects"),
+    ]:
+        assert f'<dt>{label}</dt><dd data-pool="{key}">' in page
+    assert "fetch(poolUrl)" in page
+    assert '"/pool"' in page
+
+
+def test_the_page_says_when_there_are_no_messages(client):
+    assert "No messages yet." in client.get("/").get_data(as_text=True)
