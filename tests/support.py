@@ -5,6 +5,7 @@ import pathlib
 import threading
 
 from sqlalchemy import event
+from sqlalchemy import text
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -15,6 +16,9 @@ STEPS = sorted(
     for path in ROOT.glob("step[0-9][0-9]_*")
     if (path / "__init__.py").is_file()
 )
+
+# The pool of the load tests: two connections, no overflow.
+SMALL_POOL = {"pool_size": 2, "max_overflow": 0}
 
 
 def steps_from(first):
@@ -130,3 +134,12 @@ def read_from_snapshots(engine):
 
     event.listen(engine, "connect", on_connect)
     event.listen(engine, "begin", on_begin)
+
+
+def change_text_elsewhere(engine, message_id, new_text):
+    """Change a message through a connection of its own, as another process would."""
+    with engine.begin() as connection:
+        connection.execute(
+            text("UPDATE messages SET text = :text WHERE id = :id"),
+            {"text": new_text, "id": message_id},
+        )

@@ -10,8 +10,9 @@ import gc
 import json
 
 import pytest
-from sqlalchemy import text
 
+from .support import SMALL_POOL
+from .support import change_text_elsewhere
 from .support import lose_connection_before
 from .support import pool_status
 from .support import read_from_snapshots
@@ -20,7 +21,9 @@ from .support import send_from_threads
 from .support import steps_from
 
 QUEUEPOOL_LIMIT = "QueuePool limit of size 2 overflow 0 reached"
-SMALL_POOL = {"pool_size": 2, "max_overflow": 0, "pool_timeout": 1}
+# Two connections and no overflow; a request that finds none free within a
+# second gives up (the default, 30 seconds, would only make the tests wait).
+SMALL_POOL_FAILING_FAST = {**SMALL_POOL, "pool_timeout": 1}
 
 
 @pytest.mark.parametrize("step", steps_from("step02_session"))
@@ -59,15 +62,6 @@ def test_without_teardown_the_connection_stays_checked_out_after_a_request(clien
     client.get("/messages")
 
     assert pool_status(client)["checked_out"] == 1
-
-
-def change_text_elsewhere(engine, message_id, new_text):
-    """Change a message through a connection of its own, as another process would."""
-    with engine.begin() as connection:
-        connection.execute(
-            text("UPDATE messages SET text = :text WHERE id = :id"),
-            {"text": new_text, "id": message_id},
-        )
 
 
 def test_without_teardown_a_reused_thread_reads_a_stale_row(client):
@@ -133,7 +127,7 @@ def test_without_teardown_a_failed_transaction_breaks_the_threads_next_request(
 
 
 def test_without_teardown_reused_threads_exhaust_the_pool(make_app):
-    app = make_app("step02_session", engine_options=SMALL_POOL)
+    app = make_app("step02_session", engine_options=SMALL_POOL_FAILING_FAST)
 
     # With the collector off, a finished thread's Session keeps its
     # connection too: the outcome does not depend on when it runs.
@@ -155,7 +149,9 @@ def test_without_teardown_reused_threads_exhaust_the_pool(make_app):
 
 
 def test_without_teardown_flask_run_soon_times_out_on_the_pool(serve):
-    server = serve("step02_session", FLASK_ENGINE_OPTIONS=json.dumps(SMALL_POOL))
+    server = serve(
+        "step02_session", FLASK_ENGINE_OPTIONS=json.dumps(SMALL_POOL_FAILING_FAST)
+    )
 
     # flask run handles each request on a new thread; a finished thread's
     # Session keeps its connection until the garbage collector frees it.

@@ -1,0 +1,108 @@
+"""Step 3: ``Session.remove()`` on teardown_appcontext, and every cost of step 2 gone.
+
+SQLAlchemy's documentation, "Using Thread-Local Scope with Web Applications":
+the Session is removed when the request ends, so that the next request on the
+thread begins with a new one. Each test here would fail on step 2.
+"""
+
+import gc
+import json
+
+import pytest
+
+from .support import SMALL_POOL
+from .support import change_text_elsewhere
+from .support import lose_connection_before
+from .support import pool_status
+from .support import read_from_snapshots
+from .support import run_in_new_thread
+from .support import send_from_threads
+from .support import steps_from
+
+STEPS_WITH_TEARDOWN = steps_from("step03_teardown")
+
+
+@pytest.fixture(params=STEPS_WITH_TEARDOWN)
+def step(request):
+    """Name each step that removes the Session on teardown."""
+    return request.param
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("get", "/", None),
+        ("get", "/messages", None),
+        ("get", "/messages/1", None),
+        ("post", "/messages", {"text": "new"}),
+        ("patch", "/messages/1", {"text": "changed"}),
+        ("delete", "/messages/1", None),
+        ("get", "/messages/404", None),
+        ("post", "/messages", {"text": ""}),
+    ],
+)
+def test_every_request_returns_its_connection_to_the_pool(client, method, path, body):
+    client.post("/messages", json={"text": "first"})
+
+    getattr(client, method)(path, json=body)
+
+    status = pool_status(client)
+    assert status["checked_out"] == 0
+    assert status["checked_in"] == 1
+
+
+def test_a_reused_thread_reads_fresh_rows(client):
+    engine = client.application.extensions["engine"]
+    read_from_snapshots(engine)
+    message = client.post("/messages", json={"text": "original"}).get_json()
+    assert client.get(f"/messages/{message['id']}").get_json()["text"] == "original"
+
+    change_text_elsewhere(engine, message["id"], "changed")
+
+    # The last request's transaction ended with its Session.
+    assert client.get(f"/messages/{message['id']}").get_json()["text"] == "changed"
+
+
+def test_a_finished_thread_leaves_nothing_for_the_garbage_collector(client):
+    gc.disable()
+    try:
+        assert run_in_new_thread(lambda: client.get("/messages").status_code) == 200
+
+        assert pool_status(client)["checked_out"] == 0
+    finally:
+        gc.enable()
+
+
+def test_a_failed_transaction_leaves_nothing_for_the_threads_next_request(client):
+    message = client.post("/messages", json={"text": "original"}).get_json()
+    lose_connection_before(client.application.extensions["engine"], "UPDATE")
+
+    lost = client.patch(f"/messages/{message['id']}", json={"text": "lost"})
+    assert lost.status_code == 503
+    assert lost.get_json()["error"].startswith("database unavailable")
+
+    # Teardown rolled the failed transaction back with the Session.
+    after = client.get("/messages")
+    assert after.status_code == 200
+    assert after.get_json() == [message]
+
+
+def test_reused_threads_share_a_small_pool_without_a_failure(step, make_app):
+    app = make_app(step, engine_options=SMALL_POOL)
+
+    outcomes = send_from_threads(app, threads=8, requests=200)
+
+    assert [len(outcome) for outcome in outcomes] == [200] * 8
+    assert {status for outcome in outcomes for status, _ in outcome} == {200}
+    status = pool_status(app.test_client())
+    assert status["checked_out"] == 0
+    assert status["connects"] <= 2
+
+
+def test_flask_run_serves_every_request_from_a_small_pool(step, serve):
+    server = serve(step, FLASK_ENGINE_OPTIONS=json.dumps(SMALL_POOL))
+
+    statuses = [server.get("/messages").status_code for _ in range(40)]
+
+    assert statuses == [200] * 40
+    assert server.get("/pool").json()["checked_out"] == 0

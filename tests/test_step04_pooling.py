@@ -1,0 +1,143 @@
+"""Step 4: pool settings that survive real faults, and a fresh pool after fork.
+
+SQLAlchemy's documentation, "Dealing with Disconnects" (pre-ping, recycle,
+and the optimistic approach) and "Using Connection Pools with Multiprocessing
+or os.fork()". The failing variant of each concept runs on step 3.
+"""
+
+import json
+import os
+import time
+
+import pytest
+
+from .support import drop_next_returned_connection
+from .support import pool_status
+from .support import steps_from
+
+STEPS_WITH_POOLING = steps_from("step04_pooling")
+
+
+@pytest.fixture(params=STEPS_WITH_POOLING)
+def step(request):
+    """Name each step with pool settings and fork safety."""
+    return request.param
+
+
+def test_the_pool_defaults_are_in_force(app):
+    pool = app.extensions["engine"].pool
+
+    assert pool.size() == 5
+    assert pool.timeout() == 10
+    # The pool keeps these three privately; it offers no public accessor.
+    assert pool._max_overflow == 10
+    assert pool._pre_ping is True
+    assert pool._recycle == 1800
+
+
+def test_engine_options_override_one_default_and_keep_the_others(step, make_app):
+    app = make_app(step, engine_options={"pool_size": 2})
+    client = app.test_client()
+    client.get("/messages")
+    drop_next_returned_connection(app.extensions["engine"])
+    client.get("/messages")
+
+    assert pool_status(client)["size"] == 2
+    # pre-ping is still on: the dropped connection goes unnoticed.
+    assert client.get("/messages").status_code == 200
+
+
+def test_pre_ping_replaces_a_dropped_idle_connection_unnoticed(client):
+    assert client.get("/messages").status_code == 200
+    drop_next_returned_connection(client.application.extensions["engine"])
+    assert client.get("/messages").status_code == 200
+
+    # The ping at checkout finds the connection dead and opens a new one.
+    assert client.get("/messages").status_code == 200
+    assert pool_status(client)["connects"] == 2
+
+
+@pytest.mark.parametrize(
+    ("step", "engine_options"),
+    [
+        ("step03_teardown", {}),
+        *((step, {"pool_pre_ping": False}) for step in STEPS_WITH_POOLING),
+    ],
+)
+def test_without_pre_ping_one_request_meets_the_dropped_connection(
+    step, engine_options, make_app
+):
+    client = make_app(step, engine_options=engine_options).test_client()
+    assert client.get("/messages").status_code == 200
+    drop_next_returned_connection(client.application.extensions["engine"])
+    assert client.get("/messages").status_code == 200
+
+    failed = client.get("/messages")
+
+    assert failed.status_code == 503
+    assert "closed database" in failed.get_json()["error"]
+    # The disconnect invalidated the pool: the next request reconnects.
+    assert client.get("/messages").status_code == 200
+    assert pool_status(client)["connects"] == 2
+
+
+@pytest.mark.parametrize(("recycle", "connects"), [(0.5, 2), (None, 1)])
+def test_pool_recycle_replaces_connections_older_than_the_limit(
+    step, make_app, recycle, connects
+):
+    options = {"pool_recycle": recycle} if recycle is not None else {}
+    client = make_app(step, engine_options=options).test_client()
+    assert client.get("/messages").status_code == 200
+
+    time.sleep(0.6)
+
+    assert client.get("/messages").status_code == 200
+    assert pool_status(client)["connects"] == connects
+
+
+def get_in_forked_child(client, path):
+    """Send a request from a forked child; return its status and /pool there."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running pytest's exit
+        try:
+            status = client.get(path).status_code
+            report = {"status": status, "pool": client.get("/pool").get_json()}
+            os.write(write_end, json.dumps(report).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as reader:
+        report = json.loads(reader.read())
+    os.waitpid(pid, 0)
+    return report
+
+
+@pytest.mark.parametrize(
+    ("step", "child_connects"),
+    [("step03_teardown", 1), *((step, 2) for step in STEPS_WITH_POOLING)],
+)
+def test_a_forked_child_opens_its_own_connection(step, child_connects, make_app):
+    client = make_app(step).test_client()
+    assert client.get("/messages").status_code == 200
+    parent = pool_status(client)
+
+    child = get_in_forked_child(client, "/messages")
+
+    assert child["status"] == 200
+    assert child["pool"]["pid"] != parent["pid"]
+    # Step 4's child opened a connection of its own (the count goes on from
+    # the parent's); step 3's child used the one it inherited, which the
+    # parent still holds: on a server, that is one socket for two processes.
+    assert child["pool"]["connects"] == child_connects
+
+
+def test_the_parent_keeps_its_connection_after_a_fork(client):
+    assert client.get("/messages").status_code == 200
+
+    get_in_forked_child(client, "/messages")
+
+    assert client.get("/messages").status_code == 200
+    status = pool_status(client)
+    assert status["connects"] == 1
+    assert status["checked_in"] == 1
