@@ -149,9 +149,9 @@ def http_error(error):
 @bp.app_errorhandler(PendingRollbackError)
 def database_unavailable(error):
     """Answer 503 when the database cannot serve the request, and log why."""
-    # A lost or refused connection, a pool with no connection free within
-    # pool_timeout, or a session whose failed transaction was never rolled
-    # back: the request may succeed if tried again, so 503, not 500.
+    # A lost or refused connection, no pooled connection free within
+    # pool_timeout, or a failed transaction that nothing rolled back yet:
+    # the request may succeed if tried again, so 503, not 500.
     current_app.logger.warning("database unavailable", exc_info=error)
     reason = str(error).splitlines()[0]
     return {"error": f"database unavailable ({type(error).__name__}): {reason}"}, 503

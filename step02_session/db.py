@@ -24,8 +24,8 @@ def init_app(app):
     # One Session per thread: each request handled on a thread uses the
     # Session that scoped_session keeps for that thread.
     app.extensions["session"] = scoped_session(sessionmaker(bind=engine))
-    # Deliberately nothing removes the Session after a request: the thread's
-    # Session keeps its connection, its transaction and its cached objects.
+    # Deliberately, nothing removes the Session after a request: the thread's
+    # Session keeps its transaction open and its connection checked out.
     app.cli.add_command(init_db_command)
 
 

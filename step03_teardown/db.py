@@ -24,8 +24,8 @@ def init_app(app):
     # One Session per thread: each request handled on a thread uses the
     # Session that scoped_session keeps for that thread.
     app.extensions["session"] = scoped_session(sessionmaker(bind=engine))
-    # Without this, the thread's Session would keep its connection checked
-    # out, its transaction open and its objects cached after the request.
+    # Without this, the thread's Session would keep its transaction open
+    # and its connection checked out after the request.
     app.teardown_appcontext(remove_session)
     app.cli.add_command(init_db_command)
 

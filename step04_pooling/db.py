@@ -26,7 +26,7 @@ POOL_DEFAULTS = {
     # server's or firewall's idle timeout can kill it unnoticed.
     "pool_recycle": 1800,
     # Keep up to 5 connections open, and open up to 10 more under load
-    # (closed again when returned): the server sees at most 15 from us.
+    # (closed again when returned): the server sees at most 15 per process.
     "pool_size": 5,
     "max_overflow": 10,
     # Wait at most 10 seconds for a free connection, then answer 503 rather
@@ -51,8 +51,8 @@ def init_app(app):
     # One Session per thread: each request handled on a thread uses the
     # Session that scoped_session keeps for that thread.
     app.extensions["session"] = scoped_session(sessionmaker(bind=engine))
-    # Without this, the thread's Session would keep its connection checked
-    # out, its transaction open and its objects cached after the request.
+    # Without this, the thread's Session would keep its transaction open
+    # and its connection checked out after the request.
     app.teardown_appcontext(remove_session)
     app.cli.add_command(init_db_command)
 

@@ -56,7 +56,8 @@ def make_app(database_url):
     for app in apps:
         # Clean up what a step without teardown leaves in this thread.
         if "session" in app.extensions:
-            app.extensions["session"].remove()
+            with app.app_context():
+                app.extensions["session"].remove()
         app.extensions["engine"].dispose()
 
 

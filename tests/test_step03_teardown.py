@@ -9,6 +9,9 @@ import gc
 import json
 
 import pytest
+from flask.globals import app_ctx
+from sqlalchemy.orm import scoped_session
+from sqlalchemy.orm import sessionmaker
 
 from .support import SMALL_POOL
 from .support import change_text_elsewhere
@@ -106,3 +109,38 @@ def test_flask_run_serves_every_request_from_a_small_pool(step, serve):
 
     assert statuses == [200] * 40
     assert server.get("/pool").json()["checked_out"] == 0
+
+
+def test_thread_scope_shares_one_session_between_nested_app_contexts(app):
+    registry = app.extensions["session"]
+
+    with app.app_context():
+        outer = registry()
+        with app.app_context():
+            inner = registry()
+        # The inner context's teardown removed the Session the outer one uses.
+        after_inner = registry()
+
+    assert inner is outer
+    assert after_inner is not outer
+
+
+def test_app_context_scope_gives_each_app_context_its_own_session(app):
+    # Flask-SQLAlchemy 3 scopes its Session to the app context, not the thread
+    # (flask_sqlalchemy.session._app_ctx_id). The same teardown then removes
+    # only the Session of the context that ends.
+    engine = app.extensions["engine"]
+    app.extensions["session"].remove()
+    registry = scoped_session(
+        sessionmaker(bind=engine), scopefunc=lambda: id(app_ctx._get_current_object())
+    )
+    app.extensions["session"] = registry
+
+    with app.app_context():
+        outer = registry()
+        with app.app_context():
+            inner = registry()
+        after_inner = registry()
+
+    assert inner is not outer
+    assert after_inner is outer
