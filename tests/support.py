@@ -143,3 +143,20 @@ def change_text_elsewhere(engine, message_id, new_text):
             text("UPDATE messages SET text = :text WHERE id = :id"),
             {"text": new_text, "id": message_id},
         )
+
+
+def read_again_after_a_change_elsewhere(client):
+    """Read a message, change it through another connection, read it again.
+
+    Return the text the second read sees: "original" or "changed". Reads
+    come from snapshots, so a transaction still open from the first read
+    would serve the original text.
+    """
+    engine = client.application.extensions["engine"]
+    read_from_snapshots(engine)
+    message = client.post("/messages", json={"text": "original"}).get_json()
+    assert client.get(f"/messages/{message['id']}").get_json()["text"] == "original"
+
+    change_text_elsewhere(engine, message["id"], "changed")
+
+    return client.get(f"/messages/{message['id']}").get_json()["text"]

@@ -14,10 +14,9 @@ from sqlalchemy.orm import scoped_session
 from sqlalchemy.orm import sessionmaker
 
 from .support import SMALL_POOL
-from .support import change_text_elsewhere
 from .support import lose_connection_before
 from .support import pool_status
-from .support import read_from_snapshots
+from .support import read_again_after_a_change_elsewhere
 from .support import run_in_new_thread
 from .support import send_from_threads
 from .support import steps_from
@@ -55,15 +54,8 @@ def test_every_request_returns_its_connection_to_the_pool(client, method, path, 
 
 
 def test_a_reused_thread_reads_fresh_rows(client):
-    engine = client.application.extensions["engine"]
-    read_from_snapshots(engine)
-    message = client.post("/messages", json={"text": "original"}).get_json()
-    assert client.get(f"/messages/{message['id']}").get_json()["text"] == "original"
-
-    change_text_elsewhere(engine, message["id"], "changed")
-
     # The last request's transaction ended with its Session.
-    assert client.get(f"/messages/{message['id']}").get_json()["text"] == "changed"
+    assert read_again_after_a_change_elsewhere(client) == "changed"
 
 
 def test_a_finished_thread_leaves_nothing_for_the_garbage_collector(client):
