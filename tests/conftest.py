@@ -9,6 +9,10 @@ import time
 import pytest
 import requests
 
+from .postgres import HOW_TO_GET_POSTGRES
+from .postgres import Cluster
+from .postgres import Server
+from .postgres import find_binaries
 from .support import ROOT
 from .support import STEPS
 from .support import import_step
@@ -20,10 +24,55 @@ def step(request):
     return request.param
 
 
+def skip_or_fail(reason):
+    """Skip the test, or fail it in CI, where every test must run."""
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """Return the PostgreSQL server of the run, started on first use."""
+    if url := os.environ.get("TEST_POSTGRES_URL"):
+        yield Server(url)
+        return
+    bindir = find_binaries()
+    if bindir is None:
+        yield None
+        return
+    cluster = Cluster(bindir, free_port())
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request):
+    """Name each database the tests run on."""
+    return request.param
+
+
 @pytest.fixture
-def database_url(tmp_path):
-    """Return the URL of a database of the test's own."""
-    return f"sqlite:///{tmp_path / 'test.sqlite'}"
+def database_url(backend, tmp_path, request):
+    """Return the URL of an empty database of the test's own."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.sqlite'}"
+        return
+    server = request.getfixturevalue("postgres")
+    if server is None:
+        skip_or_fail(HOW_TO_GET_POSTGRES)
+    url = server.create_database()
+    yield url
+    server.drop_database(url)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """In CI, fail a run in which any test was skipped."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if os.environ.get("CI") and skipped and exitstatus == pytest.ExitCode.OK:
+        reporter.write_line(f"CI: {len(skipped)} tests skipped; every test must run")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture

@@ -115,24 +115,32 @@ def send_from_threads(app, threads, requests, path="/messages"):
 
 
 def read_from_snapshots(engine):
-    """Make the engine's SQLite transactions read from a snapshot.
+    """Make the engine's transactions read from a snapshot.
 
     A transaction then sees the database as it was at its first read, as
-    MySQL's do by default (REPEATABLE READ) and PostgreSQL's do at REPEATABLE
-    READ. By itself, Python's sqlite3 starts no transaction for a SELECT.
-    This is the recipe of SQLAlchemy's SQLite dialect documentation
-    ("Serializable isolation / Savepoints / Transactional DDL"), in WAL mode
-    so that other connections can still write.
+    MySQL's do by default (REPEATABLE READ). PostgreSQL does so at REPEATABLE
+    READ. SQLite does in WAL mode, once a transaction really begins: by
+    itself, Python's sqlite3 starts none for a SELECT, so the engine emits
+    BEGIN, the recipe of SQLAlchemy's SQLite dialect documentation
+    ("Serializable isolation / Savepoints / Transactional DDL").
     """
+    if engine.dialect.name == "postgresql":
 
-    def on_connect(dbapi_connection, connection_record):
-        dbapi_connection.isolation_level = None
-        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+        def on_begin(connection):
+            connection.exec_driver_sql(
+                "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"
+            )
 
-    def on_begin(connection):
-        connection.exec_driver_sql("BEGIN")
+    else:
 
-    event.listen(engine, "connect", on_connect)
+        def on_connect(dbapi_connection, connection_record):
+            dbapi_connection.isolation_level = None
+            dbapi_connection.execute("PRAGMA journal_mode=WAL")
+
+        def on_begin(connection):
+            connection.exec_driver_sql("BEGIN")
+
+        event.listen(engine, "connect", on_connect)
     event.listen(engine, "begin", on_begin)
 
 

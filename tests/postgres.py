@@ -1,0 +1,160 @@
+"""PostgreSQL for the tests: a throwaway cluster, or a server you already have.
+
+The harness starts its own cluster (initdb and pg_ctl into a temporary
+folder, on a free loopback port) unless TEST_POSTGRES_URL names a server on
+which the tests may create databases. Each test gets a database of its own.
+"""
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import uuid
+
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+HOW_TO_GET_POSTGRES = (
+    "PostgreSQL's initdb, pg_ctl and postgres were not found: install them "
+    "(Debian: apt-get install postgresql), or set TEST_POSTGRES_URL to a "
+    "server where the tests may create databases"
+)
+
+
+def find_binaries():
+    """Return the folder that holds initdb, pg_ctl and postgres, or None."""
+    candidates = []
+    if on_path := shutil.which("pg_ctl"):
+        candidates.append(os.path.dirname(os.path.realpath(on_path)))
+    # Debian keeps them out of PATH, one folder per major version.
+    candidates += sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"),
+        key=lambda folder: int(folder.split("/")[-2]),
+        reverse=True,
+    )
+    for folder in candidates:
+        programs = [os.path.join(folder, name) for name in ("initdb", "pg_ctl")]
+        if all(os.access(program, os.X_OK) for program in programs):
+            return folder
+    return None
+
+
+class Server:
+    """A PostgreSQL server on which each test creates a database."""
+
+    can_stop = False
+
+    def __init__(self, admin_url):
+        self.admin_url = make_url(admin_url)
+
+    def admin_engine(self):
+        """Return an engine on the maintenance database, outside transactions."""
+        return create_engine(
+            self.admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool
+        )
+
+    def create_database(self):
+        """Create an empty database and return its URL."""
+        name = f"test_{uuid.uuid4().hex[:16]}"
+        engine = self.admin_engine()
+        with engine.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        engine.dispose()
+        return self.admin_url.set(database=name).render_as_string(hide_password=False)
+
+    def drop_database(self, url):
+        """Drop a database that create_database() made, connections and all."""
+        name = make_url(url).database
+        engine = self.admin_engine()
+        with engine.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        engine.dispose()
+
+
+class Cluster(Server):
+    """A cluster of the harness's own, in a temporary folder, on loopback."""
+
+    can_stop = True
+
+    def __init__(self, bindir, port):
+        super().__init__(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres")
+        self.bindir = bindir
+        self.port = port
+        self.folder = tempfile.mkdtemp(prefix="flask-sqlalchemy-postgres-")
+        self.data = os.path.join(self.folder, "data")
+        self.log = os.path.join(self.folder, "server.log")
+        # PostgreSQL refuses to run as root: run it as an unprivileged user.
+        self.owner = unprivileged_user() if os.geteuid() == 0 else None
+        if self.owner is not None:
+            os.chown(self.folder, self.owner.pw_uid, self.owner.pw_gid)
+        self._run(
+            "initdb",
+            *("-D", self.data, "-U", "postgres", "--auth=trust"),
+            *("--encoding=UTF8", "--no-locale", "--no-sync"),
+        )
+        self.start()
+
+    def start(self):
+        """Start the server and wait until it accepts connections."""
+        options = " ".join(
+            [
+                f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder}",
+                # A throwaway cluster needs no durability: faster tests.
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            ]
+        )
+        self._run(
+            "pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-w", "start"
+        )
+
+    def stop(self, mode="fast"):
+        """Stop the server and wait until it is gone."""
+        self._run("pg_ctl", "-D", self.data, "-m", mode, "-w", "stop")
+
+    def restart(self):
+        """Stop the server, ending every connection, and start it again."""
+        self.stop()
+        self.start()
+
+    def destroy(self):
+        """Stop the server if it runs, and delete the cluster."""
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop(mode="immediate")
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def server_log(self):
+        """Return what the server has logged."""
+        with open(self.log, errors="replace") as log:
+            return log.read()
+
+    def _run(self, program, *args):
+        as_owner = {}
+        if self.owner is not None:
+            as_owner = {
+                "user": self.owner.pw_uid,
+                "group": self.owner.pw_gid,
+                "extra_groups": [],
+            }
+        subprocess.run(
+            [os.path.join(self.bindir, program), *args],
+            check=True,
+            capture_output=True,
+            cwd=self.folder,
+            env={**os.environ, "LC_ALL": "C"},
+            timeout=60,
+            **as_owner,
+        )
+
+
+def unprivileged_user():
+    """Return the account to run PostgreSQL as when the tests run as root."""
+    for name in ("postgres", "nobody"):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    raise RuntimeError("no unprivileged user (postgres or nobody) to run PostgreSQL")
