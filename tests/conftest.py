@@ -169,11 +169,11 @@ class LiveServer:
 
     def get(self, path, **kwargs):
         """Send a GET request to the server."""
-        return requests.get(self.url + path, timeout=30, **kwargs)
+        return requests.get(self.url + path, **{"timeout": 30, **kwargs})
 
     def post(self, path, **kwargs):
         """Send a POST request to the server."""
-        return requests.post(self.url + path, timeout=30, **kwargs)
+        return requests.post(self.url + path, **{"timeout": 30, **kwargs})
 
     def log(self):
         """Return what the server has printed so far."""

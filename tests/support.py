@@ -1,8 +1,11 @@
 """What the tests share besides fixtures: the steps, and small helpers."""
 
 import importlib
+import json
+import os
 import pathlib
 import threading
+import traceback
 
 from sqlalchemy import event
 from sqlalchemy import text
@@ -168,3 +171,28 @@ def read_again_after_a_change_elsewhere(client):
     change_text_elsewhere(engine, message["id"], "changed")
 
     return client.get(f"/messages/{message['id']}").get_json()["text"]
+
+
+def in_forked_child(function):
+    """Run ``function`` in a forked child process and return its result.
+
+    The result travels back as JSON through a pipe; the child then leaves
+    at once, without running the parent's cleanup (pytest's included).
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            report = {"result": function()}
+        except BaseException:
+            report = {"error": traceback.format_exc()}
+        try:
+            os.write(write_end, json.dumps(report).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as reader:
+        report = json.loads(reader.read())
+    os.waitpid(pid, 0)
+    assert "error" not in report, f"in the forked child: {report['error']}"
+    return report["result"]

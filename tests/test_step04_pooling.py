@@ -5,13 +5,12 @@ and the optimistic approach) and "Using Connection Pools with Multiprocessing
 or os.fork()". The failing variant of each concept runs on step 3.
 """
 
-import json
-import os
 import time
 
 import pytest
 
 from .support import drop_next_returned_connection
+from .support import in_forked_child
 from .support import pool_status
 from .support import steps_from
 
@@ -95,22 +94,10 @@ def test_pool_recycle_replaces_connections_older_than_the_limit(
     assert pool_status(client)["connects"] == connects
 
 
-def get_in_forked_child(client, path):
-    """Send a request from a forked child; return its status and /pool there."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report, then leave without running pytest's exit
-        try:
-            status = client.get(path).status_code
-            report = {"status": status, "pool": client.get("/pool").get_json()}
-            os.write(write_end, json.dumps(report).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as reader:
-        report = json.loads(reader.read())
-    os.waitpid(pid, 0)
-    return report
+def request_and_report(client):
+    """Send a request; return its status and what /pool says afterwards."""
+    status = client.get("/messages").status_code
+    return {"status": status, "pool": pool_status(client)}
 
 
 @pytest.mark.parametrize(
@@ -122,7 +109,7 @@ def test_a_forked_child_opens_its_own_connection(step, child_connects, make_app)
     assert client.get("/messages").status_code == 200
     parent = pool_status(client)
 
-    child = get_in_forked_child(client, "/messages")
+    child = in_forked_child(lambda: request_and_report(client))
 
     assert child["status"] == 200
     assert child["pool"]["pid"] != parent["pid"]
@@ -135,7 +122,7 @@ def test_a_forked_child_opens_its_own_connection(step, child_connects, make_app)
 def test_the_parent_keeps_its_connection_after_a_fork(client):
     assert client.get("/messages").status_code == 200
 
-    get_in_forked_child(client, "/messages")
+    in_forked_child(lambda: request_and_report(client))
 
     assert client.get("/messages").status_code == 200
     status = pool_status(client)

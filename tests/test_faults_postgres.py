@@ -1,0 +1,379 @@
+"""Fault drills on a real PostgreSQL server: what step 4's settings are for.
+
+Each drill shows the fault with step 4's defaults and with the setting that
+answers it taken away (or on step 3, which has none). SQLAlchemy's
+documentation: "Dealing with Disconnects", "Using Connection Pools with
+Multiprocessing or os.fork()".
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from sqlalchemy import func
+from sqlalchemy import select
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from .conftest import free_port
+from .conftest import skip_or_fail
+from .support import ROOT
+from .support import in_forked_child
+from .support import pool_status
+from .support import send_from_threads
+
+PRE_PING_OFF = {"pool_pre_ping": False}
+
+
+@pytest.fixture
+def backend():
+    """Run every drill on PostgreSQL only."""
+    return "postgresql"
+
+
+@pytest.fixture
+def server(postgres, database_url):
+    """Return the PostgreSQL server of the test's database."""
+    return postgres
+
+
+@pytest.fixture
+def cluster(server):
+    """Return the harness's own cluster, which the drill may stop and start."""
+    if not server.can_stop:
+        skip_or_fail("this drill stops the server: it needs the harness's own cluster")
+    return server
+
+
+def backend_pids(server, database_url):
+    """Return the server pids of the connections to the test's database."""
+    engine = server.admin_engine()
+    with engine.connect() as connection:
+        pids = connection.execute(
+            text("SELECT pid FROM pg_stat_activity WHERE datname = :name"),
+            {"name": make_url(database_url).database},
+        ).scalars()
+        return set(pids)
+
+
+def wait_until_gone(server, database_url, pids):
+    """Wait until none of these backends is left on the server."""
+    for _ in range(100):
+        if not pids & backend_pids(server, database_url):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"backends {pids} still run")
+
+
+def terminate_backends(server, database_url):
+    """Kill every connection to the test's database, as a DBA or failover would."""
+    pids = backend_pids(server, database_url)
+    engine = server.admin_engine()
+    with engine.connect() as connection:
+        for pid in pids:
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    wait_until_gone(server, database_url, pids)
+    return pids
+
+
+def fill_pool(app, connections):
+    """Open this many connections at once, then return them all to the pool."""
+    engine = app.extensions["engine"]
+    held = [engine.connect() for _ in range(connections)]
+    for connection in held:
+        connection.close()
+    assert pool_status(app.test_client())["checked_in"] == connections
+
+
+def statuses_of(client, requests_count):
+    """Send GET /messages this many times; return the statuses and errors."""
+    outcomes = []
+    for _ in range(requests_count):
+        response = client.get("/messages")
+        body = response.get_json()
+        outcomes.append((response.status_code, body.get("error") if body else None))
+    return outcomes
+
+
+def backend_pid_of(app):
+    """Return the server pid of the connection the app's pool lends next."""
+    with app.extensions["engine"].connect() as connection:
+        return connection.execute(select(func.pg_backend_pid())).scalar_one()
+
+
+# 1. Killed connections
+
+
+def test_killed_connections_go_unnoticed_with_step4_defaults(
+    make_app, server, database_url
+):
+    app = make_app("step04_pooling")
+    fill_pool(app, 3)
+
+    killed = terminate_backends(server, database_url)
+
+    assert statuses_of(app.test_client(), 10) == [(200, None)] * 10
+    assert not killed & backend_pids(server, database_url)
+
+
+@pytest.mark.parametrize(
+    ("step", "engine_options"),
+    [("step04_pooling", PRE_PING_OFF), ("step03_teardown", {})],
+)
+def test_without_pre_ping_killed_connections_cost_a_503_each_at_most(
+    step, engine_options, make_app, server, database_url
+):
+    app = make_app(step, engine_options=engine_options)
+    fill_pool(app, 3)
+    terminate_backends(server, database_url)
+
+    outcomes = statuses_of(app.test_client(), 10)
+
+    failures = [(status, error) for status, error in outcomes if status != 200]
+    assert 1 <= len(failures) <= 3
+    for status, error in failures:
+        assert status == 503
+        assert error.startswith("database unavailable")
+    # SQLAlchemy invalidates the whole pool on a disconnect: then all is well.
+    assert outcomes[-5:] == [(200, None)] * 5
+
+
+# 2. The server's idle timeout
+
+
+@pytest.mark.parametrize(
+    ("engine_options", "expected"),
+    [
+        ({}, 200),  # step 4's defaults: pre-ping finds the connection dead
+        ({**PRE_PING_OFF, "pool_recycle": 0.5}, 200),  # recycled before it dies
+        ({**PRE_PING_OFF, "pool_recycle": -1}, 503),  # neither: the request fails
+    ],
+    ids=["defaults", "recycle-below-timeout", "no-recycle-no-pre-ping"],
+)
+def test_a_server_idle_timeout_needs_recycle_or_pre_ping(
+    engine_options, expected, make_app, server, database_url
+):
+    name = make_url(database_url).database
+    with server.admin_engine().connect() as connection:
+        connection.exec_driver_sql(
+            f"ALTER DATABASE \"{name}\" SET idle_session_timeout = '1s'"
+        )
+    app = make_app("step04_pooling", engine_options=engine_options)
+    client = app.test_client()
+    assert client.get("/messages").status_code == 200
+    idle = backend_pids(server, database_url)
+
+    # The app stays idle longer than the server allows.
+    wait_until_gone(server, database_url, idle)
+
+    assert client.get("/messages").status_code == expected
+    assert client.get("/messages").status_code == 200
+
+
+# 3. A server restart
+
+
+@pytest.mark.parametrize(
+    ("engine_options", "failures"),
+    [({}, 0), (PRE_PING_OFF, 1)],
+    ids=["defaults", "pre-ping-off"],
+)
+def test_a_server_restart_between_requests(engine_options, failures, make_app, cluster):
+    client = make_app("step04_pooling", engine_options=engine_options).test_client()
+    assert client.get("/messages").status_code == 200
+
+    cluster.restart()
+
+    outcomes = statuses_of(client, 5)
+    assert [status for status, _ in outcomes].count(503) == failures
+    assert outcomes[failures:] == [(200, None)] * (5 - failures)
+
+
+# 4. Fork
+
+
+def test_a_forked_child_uses_its_own_connection_and_the_parents_survives(
+    make_app, server, database_url
+):
+    app = make_app("step04_pooling")
+    parent_backend = backend_pid_of(app)
+
+    child_backend = in_forked_child(
+        lambda: (app.test_client().get("/messages").status_code, backend_pid_of(app))
+    )
+
+    assert child_backend[0] == 200
+    assert child_backend[1] != parent_backend
+    assert backend_pid_of(app) == parent_backend
+    assert app.test_client().get("/messages").status_code == 200
+
+
+def test_with_nothing_done_parent_and_child_share_one_connection(make_app):
+    app = make_app("step03_teardown")
+    parent_backend = backend_pid_of(app)
+
+    child_backend = in_forked_child(lambda: backend_pid_of(app))
+
+    # One server backend, so one socket, for two processes: their traffic
+    # interleaves as soon as both use it at once.
+    assert child_backend == parent_backend
+
+
+def test_dispose_with_close_in_the_child_ends_the_parents_connection(
+    make_app, server, database_url
+):
+    app = make_app("step03_teardown")
+    parent_backend = backend_pid_of(app)
+
+    # What the docs warn against: dispose() closes the inherited connections,
+    # and closing one ends the server session that the parent is using.
+    in_forked_child(lambda: app.extensions["engine"].dispose())
+
+    wait_until_gone(server, database_url, {parent_backend})
+    response = app.test_client().get("/messages")
+    assert response.status_code == 503
+    assert app.test_client().get("/messages").status_code == 200
+
+
+def test_gunicorn_preload_workers_open_their_own_connections(
+    server, database_url, tmp_path
+):
+    pid_file = tmp_path / "preload-backend.pid"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "step04_pooling", "init-db"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url},
+        check=True,
+        timeout=60,
+    )
+    gunicorn = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "gunicorn", "--preload", "--workers", "2"),
+            *("--bind", f"127.0.0.1:{port}", "tests.preloaded_app:app"),
+        ],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "PRELOAD_BACKEND_PID_FILE": str(pid_file),
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_http(url, gunicorn)
+        master_backend = int(pid_file.read_text())
+
+        # Concurrent requests, so that both workers answer some.
+        with ThreadPoolExecutor(max_workers=4) as executor:
+            answers = list(executor.map(lambda _: get_and_pool(url), range(40)))
+        assert {status for status, _ in answers} == {200}
+        workers = {pool["pid"]: pool for _, pool in answers}
+        assert len(workers) == 2
+        for pool in workers.values():
+            # The master's one connection, then each worker's own.
+            assert pool["connects"] >= 2
+
+        backends = backend_pids(server, database_url)
+        # The master's connection is still there, never used by a worker.
+        assert master_backend in backends
+        assert len(backends) >= 3
+    finally:
+        gunicorn.terminate()
+        gunicorn.wait(timeout=30)
+
+
+def get_and_pool(url):
+    """Send a request, then ask /pool of the same worker process."""
+    with requests.Session() as session:
+        status = session.get(url + "/messages", timeout=30).status_code
+        return status, session.get(url + "/pool", timeout=30).json()
+
+
+def wait_for_http(url, process, seconds=30):
+    """Wait until a server answers, or fail if its process exits."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the server exited"
+        try:
+            requests.get(url + "/pool", timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer in {seconds}s")
+
+
+# 5. Pool limits
+
+
+def test_the_server_never_sees_more_than_pool_size_plus_max_overflow(
+    make_app, server, database_url
+):
+    app = make_app("step04_pooling", engine_options={"pool_size": 2, "max_overflow": 1})
+    seen = []
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            seen.append(len(backend_pids(server, database_url)))
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        outcomes = send_from_threads(app, threads=12, requests=30)
+    finally:
+        done.set()
+        watcher.join()
+
+    assert [len(outcome) for outcome in outcomes] == [30] * 12
+    assert max(seen) == 3
+    assert pool_status(app.test_client())["connects"] == 3
+
+
+def test_a_checkout_that_waits_past_pool_timeout_answers_503(make_app):
+    options = {"pool_size": 2, "max_overflow": 1, "pool_timeout": 1}
+    app = make_app("step04_pooling", engine_options=options)
+    engine = app.extensions["engine"]
+    held = [engine.connect() for _ in range(3)]
+    try:
+        response = app.test_client().get("/messages")
+    finally:
+        for connection in held:
+            connection.close()
+
+    assert response.status_code == 503
+    assert (
+        "QueuePool limit of size 2 overflow 1 reached" in response.get_json()["error"]
+    )
+    assert app.test_client().get("/messages").status_code == 200
+
+
+# 6. The database is down
+
+
+def test_while_the_database_is_down_requests_answer_503_then_recover(serve, cluster):
+    options = {"connect_args": {"connect_timeout": 3}}
+    server = serve("step04_pooling", FLASK_ENGINE_OPTIONS=json.dumps(options))
+    assert server.get("/messages").status_code == 200
+
+    cluster.stop()
+    try:
+        for _ in range(3):
+            # The client's timeout would fail this test, were it to hang.
+            response = server.get("/messages", timeout=10)
+            assert response.status_code == 503
+            assert response.json()["error"].startswith("database unavailable")
+    finally:
+        cluster.start()
+
+    assert server.get("/messages").status_code == 200
+    assert server.post("/messages", json={"text": "back"}).status_code == 201
