@@ -62,7 +62,13 @@ class Server:
         name = f"test_{uuid.uuid4().hex[:16]}"
         engine = self.admin_engine()
         with engine.connect() as connection:
-            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+            version = int(
+                connection.exec_driver_sql("SHOW server_version_num").scalar()
+            )
+            # From PostgreSQL 15 on, copying the template's files is several
+            # times faster than the default, WAL_LOG, for a small template.
+            strategy = " STRATEGY = FILE_COPY" if version >= 150000 else ""
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"{strategy}')
         engine.dispose()
         return self.admin_url.set(database=name).render_as_string(hide_password=False)
 
