@@ -31,13 +31,13 @@ messages = Table(
 
 def to_dict(message):
     """Return a row of ``messages`` as the API shows it."""
-    # SQLite keeps no time zone, so the value comes back naive: it was
-    # written in UTC by utc_now().
+    # SQLite keeps no time zone: the value comes back naive, as utc_now()
+    # wrote it. PostgreSQL's comes back in the session's time zone.
     created_at = message.created_at
     if created_at.tzinfo is None:
         created_at = created_at.replace(tzinfo=UTC)
     return {
         "id": message.id,
         "text": message.text,
-        "created_at": created_at.isoformat(),
+        "created_at": created_at.astimezone(UTC).isoformat(),
     }

@@ -137,5 +137,5 @@ def database_unavailable(error):
     # pool_timeout, or a failed transaction that nothing rolled back yet:
     # the request may succeed if tried again, so 503, not 500.
     current_app.logger.warning("database unavailable", exc_info=error)
-    reason = str(error).splitlines()[0]
+    reason = str(error).partition("\n")[0]
     return {"error": f"database unavailable ({type(error).__name__}): {reason}"}, 503

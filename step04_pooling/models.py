@@ -32,9 +32,13 @@ class Message(Base):
 
     def to_dict(self):
         """Return the message as the API shows it."""
-        # SQLite keeps no time zone, so the value comes back naive: it was
-        # written in UTC by utc_now().
+        # SQLite keeps no time zone: the value comes back naive, as utc_now()
+        # wrote it. PostgreSQL's comes back in the session's time zone.
         created_at = self.created_at
         if created_at.tzinfo is None:
             created_at = created_at.replace(tzinfo=UTC)
-        return {"id": self.id, "text": self.text, "created_at": created_at.isoformat()}
+        return {
+            "id": self.id,
+            "text": self.text,
+            "created_at": created_at.astimezone(UTC).isoformat(),
+        }

@@ -31,6 +31,17 @@ def test_a_message_has_an_id_its_text_and_an_iso_8601_creation_time(client):
     assert before - timedelta(seconds=1) <= created_at <= datetime.now(UTC)
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_creation_times_are_utc_whatever_the_servers_time_zone(step, make_app):
+    options = {"connect_args": {"options": "-c timezone=Asia/Kolkata"}}
+    client = make_app(step, engine_options=options).test_client()
+
+    message = create(client)
+
+    assert message["created_at"].endswith("+00:00")
+    assert client.get("/messages").get_json() == [message]
+
+
 def test_create_answers_201_with_the_location_of_the_new_message(client):
     response = client.post("/messages", json={"text": "hello"})
 
