@@ -6,10 +6,12 @@ from flask import current_app
 from flask import render_template
 from flask import request
 from flask import url_for
+from sqlalchemy import delete
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import PendingRollbackError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException
 
 from . import db
@@ -84,8 +86,11 @@ def update_message(message_id):
 def delete_message(message_id):
     """Delete a message."""
     session = db.get_session()
-    session.delete(find_message(message_id))
+    # One statement, so a message deleted meanwhile is simply not found.
+    deleted = session.execute(delete(Message).where(Message.id == message_id))
     session.commit()
+    if deleted.rowcount == 0:
+        abort(404, f"message {message_id} not found")
     return "", 204
 
 
@@ -126,6 +131,13 @@ def read_text():
 def http_error(error):
     """Answer every HTTP error as JSON ``{"error": ...}``."""
     return {"error": error.description}, error.code
+
+
+@bp.app_errorhandler(StaleDataError)
+def deleted_meanwhile(error):
+    """Answer 404 when another request deleted the message being updated."""
+    # The row was there when this request read it, and gone when it wrote.
+    return {"error": "the message was deleted by another request"}, 404
 
 
 @bp.app_errorhandler(DBAPIError)

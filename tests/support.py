@@ -196,3 +196,22 @@ def in_forked_child(function):
     os.waitpid(pid, 0)
     assert "error" not in report, f"in the forked child: {report['error']}"
     return report["result"]
+
+
+def delete_elsewhere_before(engine, statement_start, message_id):
+    """Delete a message through another connection just before a statement.
+
+    As if another request deleted it while this one ran: after this
+    request read the row and before it wrote.
+    """
+    deleted = []
+
+    def delete_first(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith(statement_start) and not deleted:
+            deleted.append(statement)
+            with engine.begin() as other:
+                other.execute(
+                    text("DELETE FROM messages WHERE id = :id"), {"id": message_id}
+                )
+
+    event.listen(engine, "before_cursor_execute", delete_first)

@@ -7,8 +7,10 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import inspect
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from .support import delete_elsewhere_before
 from .support import import_step
 from .support import pool_status
 
@@ -93,6 +95,25 @@ def test_an_absent_message_is_a_json_404(client, method, body, message_id):
 
     assert response.status_code == 404
     assert "error" in response.get_json()
+
+
+@pytest.mark.parametrize(
+    ("method", "statement", "body"),
+    [("patch", "UPDATE", {"text": "too late"}), ("delete", "DELETE", None)],
+)
+def test_a_message_deleted_by_another_request_meanwhile_is_a_404(
+    client, method, statement, body
+):
+    message = create(client)
+    engine = client.application.extensions["engine"]
+    delete_elsewhere_before(engine, statement, message["id"])
+
+    response = getattr(client, method)(f"/messages/{message['id']}", json=body)
+
+    assert response.status_code == 404
+    assert response.get_json()["error"]
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM messages")).scalar() == 0
 
 
 def test_text_of_1_and_of_500_characters_is_accepted(client):

@@ -7,6 +7,7 @@ step 3's tests show each cost gone.
 """
 
 import gc
+import importlib
 import json
 
 import pytest
@@ -40,7 +41,7 @@ def test_each_thread_gets_its_own_session_and_keeps_it(step, make_app):
 @pytest.mark.parametrize("step", steps_from("step02_session"))
 def test_messages_are_orm_objects_of_a_typed_mapping(step, make_app):
     app = make_app(step)
-    models = __import__(f"{step}.models", fromlist=["Message"])
+    models = importlib.import_module(f"{step}.models")
     app.test_client().post("/messages", json={"text": "mapped"})
 
     with app.app_context():
