@@ -10,6 +10,7 @@ import json
 
 import pytest
 from flask.globals import app_ctx
+from sqlalchemy import text
 from sqlalchemy.orm import scoped_session
 from sqlalchemy.orm import sessionmaker
 
@@ -136,3 +137,27 @@ def test_app_context_scope_gives_each_app_context_its_own_session(app):
 
     assert inner is not outer
     assert after_inner is outer
+
+
+def test_teardown_appcontext_also_cleans_up_after_app_contexts_without_a_request(
+    app,
+):
+    # As in a CLI command, a script or a background job.
+    with app.app_context():
+        app.extensions["session"].execute(text("SELECT 1"))
+
+    assert pool_status(app.test_client())["checked_out"] == 0
+
+
+def test_teardown_request_would_miss_app_contexts_without_a_request(make_app):
+    app = make_app("step02_session")
+    registry = app.extensions["session"]
+    app.teardown_request(lambda exception: registry.remove())
+    client = app.test_client()
+
+    client.get("/messages")
+    assert pool_status(client)["checked_out"] == 0
+
+    with app.app_context():
+        registry.execute(text("SELECT 1"))
+    assert pool_status(client)["checked_out"] == 1
