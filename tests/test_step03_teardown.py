@@ -161,3 +161,19 @@ def test_teardown_request_would_miss_app_contexts_without_a_request(make_app):
     with app.app_context():
         registry.execute(text("SELECT 1"))
     assert pool_status(client)["checked_out"] == 1
+
+
+def test_close_returns_the_connection_and_keeps_the_session_remove_replaces_it(app):
+    registry = app.extensions["session"]
+    engine = app.extensions["engine"]
+
+    session = registry()
+    session.execute(text("SELECT 1"))
+    session.close()
+    assert engine.pool.checkedout() == 0
+    assert registry() is session
+
+    registry().execute(text("SELECT 1"))
+    registry.remove()
+    assert engine.pool.checkedout() == 0
+    assert registry() is not session
