@@ -5,11 +5,14 @@ and the optimistic approach) and "Using Connection Pools with Multiprocessing
 or os.fork()". The failing variant of each concept runs on step 3.
 """
 
+import gc
 import time
+import weakref
 
 import pytest
 
 from .support import drop_next_returned_connection
+from .support import import_step
 from .support import in_forked_child
 from .support import pool_status
 from .support import steps_from
@@ -128,3 +131,17 @@ def test_the_parent_keeps_its_connection_after_a_fork(client):
     status = pool_status(client)
     assert status["connects"] == 1
     assert status["checked_in"] == 1
+
+
+def test_the_fork_hook_lets_the_app_and_its_engine_be_garbage_collected(step, tmp_path):
+    app = import_step(step).create_app(
+        {"DATABASE_URL": f"sqlite:///{tmp_path / 'collected.sqlite'}"}
+    )
+    engine = weakref.ref(app.extensions["engine"])
+
+    del app
+    gc.collect()
+
+    # os.register_at_fork keeps its callback forever; it holds a weak
+    # reference to the engine, so it keeps nothing else alive.
+    assert engine() is None
