@@ -122,12 +122,6 @@ def client(app):
     return app.test_client()
 
 
-@pytest.fixture
-def runner(app):
-    """Return a runner for the app's CLI commands."""
-    return app.test_cli_runner()
-
-
 class LiveServer:
     """A step served by a real ``flask run`` on a free loopback port."""
 

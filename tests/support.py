@@ -29,11 +29,6 @@ def steps_from(first):
     return [step for step in STEPS if step >= first]
 
 
-def step_before(step):
-    """Return the step that comes before ``step``."""
-    return STEPS[STEPS.index(step) - 1]
-
-
 def import_step(step):
     """Import a step package by name."""
     return importlib.import_module(step)

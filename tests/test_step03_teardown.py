@@ -6,6 +6,7 @@ thread begins with a new one. Each test here would fail on step 2.
 """
 
 import gc
+import importlib
 import json
 
 import pytest
@@ -163,14 +164,20 @@ def test_teardown_request_would_miss_app_contexts_without_a_request(make_app):
     assert pool_status(client)["checked_out"] == 1
 
 
-def test_close_returns_the_connection_and_keeps_the_session_remove_replaces_it(app):
+def test_close_returns_the_connection_and_keeps_the_session_remove_replaces_it(
+    step, app
+):
     registry = app.extensions["session"]
     engine = app.extensions["engine"]
+    app.test_client().post("/messages", json={"text": "held"})
+    message_class = importlib.import_module(f"{step}.models").Message
 
     session = registry()
-    session.execute(text("SELECT 1"))
+    held = session.get(message_class, 1)
     session.close()
     assert engine.pool.checkedout() == 0
+    assert held not in session
+    assert len(session.identity_map) == 0
     assert registry() is session
 
     registry().execute(text("SELECT 1"))

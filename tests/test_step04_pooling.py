@@ -92,6 +92,8 @@ def test_pool_recycle_replaces_connections_older_than_the_limit(
     assert client.get("/messages").status_code == 200
 
     time.sleep(0.6)
+    # Recycling acts only at checkout: nothing happened while the pool idled.
+    assert pool_status(client)["connects"] == 1
 
     assert client.get("/messages").status_code == 200
     assert pool_status(client)["connects"] == connects
