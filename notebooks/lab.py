@@ -1,0 +1,344 @@
+"""What the notebooks share: an app on a throwaway database, load, timing, charts.
+
+The notebooks import this module from their own folder, where Jupyter starts
+their kernel. Everything a notebook is about stays in the notebook; what is
+here only sets the stage and draws.
+"""
+
+import atexit
+import json
+import logging
+import os
+import shutil
+import statistics
+import tempfile
+import textwrap
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+
+import matplotlib.pyplot as plt
+from IPython.display import HTML
+from IPython.display import display
+from matplotlib.ticker import MaxNLocator
+from sqlalchemy import create_engine
+from sqlalchemy import event
+from sqlalchemy import text
+from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import Pool
+
+_folder = tempfile.mkdtemp(prefix="flask-sqlalchemy-notebook-")
+atexit.register(shutil.rmtree, _folder, ignore_errors=True)
+
+
+def database_url():
+    """Return ``DATABASE_URL`` if it is set, else a SQLite file of this kernel's."""
+    return os.environ.get("DATABASE_URL") or f"sqlite:///{_folder}/notebook.sqlite"
+
+
+def new_app(create_app, engine_options=None):
+    """Create a step's app on the notebook's database, its pool still empty."""
+    url = database_url()
+    # init-db runs in an app of its own, so that the app the notebook looks
+    # at has opened no connection yet.
+    initializer = create_app({"DATABASE_URL": url})
+    result = initializer.test_cli_runner().invoke(args=["init-db"])
+    assert result.output == "Initialized the database.\n", result.output
+    initializer.extensions["engine"].dispose()
+    app = create_app({"DATABASE_URL": url, "ENGINE_OPTIONS": engine_options or {}})
+    # The app logs a traceback with every 503; the notebooks show the 503s
+    # themselves, so keep the tracebacks out of the cells' output.
+    logging.getLogger(app.name).setLevel(logging.ERROR)
+    return app
+
+
+def pool(app):
+    """Return what the app's ``GET /pool`` answers."""
+    response = app.test_client().get("/pool")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return response.get_json()
+
+
+def show_table(rows):
+    """Display a list of dicts as a table, one column per key."""
+    columns = list(rows[0])
+    head = "".join(f"<th>{column}</th>" for column in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{row[column]}</td>" for column in columns) + "</tr>"
+        for row in rows
+    )
+    display(HTML(f"<table><tr>{head}</tr>{body}</table>"))
+
+
+@contextmanager
+def counting_connects():
+    """Count the DBAPI connections that every pool opens inside the block."""
+    counter = {"connects": 0}
+
+    def count(dbapi_connection, connection_record):
+        counter["connects"] += 1
+
+    # Listening on the Pool class counts the pools of engines created later,
+    # inside the block, too.
+    event.listen(Pool, "connect", count)
+    try:
+        yield counter
+    finally:
+        event.remove(Pool, "connect", count)
+
+
+def time_per_request(clients, path, requests=50, rounds=7):
+    """Time ``GET path`` through each client, the cases interleaved round by round.
+
+    ``clients`` maps a case's name to a test client. Each round sends
+    ``requests`` requests through every client, in an order rotated by one
+    from the round before, so that a machine that drifts (another process, a
+    warming cache) weighs on every case alike. Return for each case the
+    median microseconds per request, its median ratio, round by round, to the
+    first case, and the connections it opened per request.
+    """
+    names = list(clients)
+    per_round = {name: [] for name in names}
+    connects = dict.fromkeys(names, 0)
+    for number in range(rounds):
+        shift = number % len(names)
+        for name in names[shift:] + names[:shift]:
+            with counting_connects() as counter:
+                started = time.perf_counter()
+                for _ in range(requests):
+                    response = clients[name].get(path)
+                    assert response.status_code == 200, response.get_json()
+                elapsed = time.perf_counter() - started
+            per_round[name].append(elapsed / requests * 1e6)
+            connects[name] += counter["connects"]
+    baseline = per_round[names[0]]
+    return {
+        name: {
+            "µs per request": round(statistics.median(times)),
+            "ratio": round(
+                statistics.median(t / b for t, b in zip(times, baseline, strict=True)),
+                2,
+            ),
+            "connects per request": connects[name] / (requests * rounds),
+        }
+        for name, times in per_round.items()
+    }
+
+
+LINE_STYLES = ["-", "--", ":", "-."]
+
+
+def line_chart(series, xlabel, title, ylabel="connections"):
+    """Draw each named list of numbers as a line, against 1, 2, 3, ..."""
+    figure, axes = plt.subplots(figsize=(7, 3))
+    # Dashes tell apart lines that lie on top of each other.
+    for (name, values), style in zip(series.items(), LINE_STYLES, strict=False):
+        axes.plot(range(1, len(values) + 1), values, style, label=name, linewidth=2)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.legend()
+    plt.show()
+
+
+def bar_chart(timings, title):
+    """Draw what time_per_request() measured, with each ratio over its bar."""
+    names = list(timings)
+    values = [timings[name]["µs per request"] for name in names]
+    figure, axes = plt.subplots(figsize=(7, 3))
+    labels = [textwrap.fill(name, 16) for name in names]
+    bars = axes.bar(labels, values, color="#4c72b0")
+    axes.bar_label(bars, [f"×{timings[name]['ratio']:.1f}" for name in names])
+    axes.set_ylabel("µs per request (median)")
+    axes.set_title(title)
+    axes.margins(y=0.2)
+    plt.show()
+
+
+class PoolSampler:
+    """Sample ``checked_out`` of an engine's pool in a thread of its own.
+
+    Use it as a context manager; ``mark(label)`` notes a moment to draw.
+    """
+
+    def __init__(self, engine, interval=0.01):
+        self.engine = engine
+        self.interval = interval
+        self.samples = []
+        self.marks = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self):
+        self.started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        self._thread.join()
+
+    def now(self):
+        """Return the seconds since sampling started."""
+        return time.monotonic() - self.started
+
+    def mark(self, label):
+        """Note this moment, to draw as a vertical line."""
+        self.marks.append((self.now(), label))
+
+    def checked_out(self):
+        """Return how many connections are checked out right now."""
+        return self.engine.pool.checkedout()
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.samples.append((self.now(), self.checked_out()))
+            time.sleep(self.interval)
+        self.samples.append((self.now(), self.checked_out()))
+
+    def draw(self, title, failures=()):
+        """Draw checked_out over time, failed requests as red crosses."""
+        figure, axes = plt.subplots(figsize=(8, 3))
+        times, counts = zip(*self.samples, strict=True)
+        axes.step(times, counts, where="post", label="checked out")
+        if failures:
+            axes.plot(failures, [0] * len(failures), "rx", markersize=10, label="503")
+        for moment, label in self.marks:
+            axes.axvline(moment, color="grey", linestyle="--")
+            axes.annotate(label, (moment, max(counts) + 0.3), rotation=90, va="top")
+        axes.set_xlabel("seconds")
+        axes.set_ylabel("connections")
+        axes.set_ylim(-0.5, max(counts) + 1)
+        axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_title(title)
+        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
+        plt.show()
+
+
+def requests_from_threads(app, sampler, threads, requests, pause=0.0):
+    """Send ``GET /messages`` from long-lived threads, as a threaded server would.
+
+    Each thread sends up to ``requests`` requests, ``pause`` seconds apart,
+    and stops at its first failure. Return one list per thread of
+    (seconds, status, error) for each of its requests.
+    """
+    outcomes = [[] for _ in range(threads)]
+
+    def work(outcome):
+        client = app.test_client()
+        for _ in range(requests):
+            response = client.get("/messages")
+            error = (
+                None if response.status_code == 200 else response.get_json()["error"]
+            )
+            outcome.append((sampler.now(), response.status_code, error))
+            if error is not None:
+                return
+            time.sleep(pause)
+
+    workers = [threading.Thread(target=work, args=(outcome,)) for outcome in outcomes]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return outcomes
+
+
+class IdleConnections:
+    """Keep track of the connections waiting in an engine's pool.
+
+    ``drop()`` ends them as a server does when it times out an idle
+    connection or restarts: on PostgreSQL the server really ends them
+    (``pg_terminate_backend``); on SQLite, which has no server, they are
+    closed under the pool's feet.
+    """
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.waiting = {}
+        event.listen(engine, "checkin", self._checked_in)
+        event.listen(engine, "checkout", self._checked_out)
+
+    def _checked_in(self, dbapi_connection, connection_record):
+        if dbapi_connection is not None:
+            self.waiting[id(dbapi_connection)] = dbapi_connection
+
+    def _checked_out(self, dbapi_connection, connection_record, connection_proxy):
+        self.waiting.pop(id(dbapi_connection), None)
+
+    def drop(self):
+        """End every connection waiting in the pool; return how many."""
+        dropped = list(self.waiting.values())
+        if self.engine.dialect.name == "postgresql":
+            pids = [connection.info.backend_pid for connection in dropped]
+            terminate_backends(self.engine.url, pids)
+        else:
+            for connection in dropped:
+                connection.close()
+        return len(dropped)
+
+
+def terminate_backends(url, pids):
+    """End these PostgreSQL server processes, and wait until they are gone."""
+    admin = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    query = text("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(:pids)")
+    with admin.connect() as connection:
+        for pid in pids:
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        deadline = time.monotonic() + 10
+        while connection.scalar(query, {"pids": pids}) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    admin.dispose()
+
+
+def tag_connections(app):
+    """Add ``GET /connection``: which process opened the serving connection.
+
+    Each connection the app's engine opens is tagged with the pid of the
+    process that opened it, and on PostgreSQL with its server process.
+    """
+    engine = app.extensions["engine"]
+
+    @event.listens_for(engine, "connect")
+    def tag(dbapi_connection, connection_record):
+        connection_record.info["opened by pid"] = os.getpid()
+
+    @app.get("/connection")
+    def serving_connection():
+        connection = app.extensions["session"]().connection()
+        answer = {"opened by pid": connection.info["opened by pid"]}
+        if engine.dialect.name == "postgresql":
+            # Asked of the server, over the connection's own socket.
+            server_pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            answer["server pid"] = server_pid
+        return answer
+
+
+def in_forked_child(function):
+    """Run ``function`` in a forked child process and return its result.
+
+    The result travels back as JSON through a pipe; the child then leaves at
+    once with ``os._exit``, running no cleanup of the parent's objects.
+    """
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns that the kernel's own threads do not follow
+        # into the child; the child here only runs ``function`` and exits.
+        warnings.filterwarnings("ignore", "This process .* is multi-threaded")
+        pid = os.fork()
+    if pid == 0:
+        try:
+            report = {"result": function()}
+        except BaseException as error:
+            report = {"error": repr(error)}
+        try:
+            os.write(write_end, json.dumps(report).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as reader:
+        report = json.loads(reader.read())
+    os.waitpid(pid, 0)
+    assert "error" not in report, f"in the forked child: {report['error']}"
+    return report["result"]
