@@ -15,10 +15,12 @@ INSTALLED := $(VENV)/.installed
 
 .PHONY: run test lint notebooks clean
 
+# setuptools explains editable installs at length on every install: advice,
+# not a failure, but alarming to a newcomer, so its warnings are silenced.
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
 run: $(INSTALLED)
