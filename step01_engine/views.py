@@ -1,5 +1,7 @@
 """The page, the JSON API and its errors."""
 
+import pathlib
+
 from flask import Blueprint
 from flask import abort
 from flask import current_app
@@ -16,6 +18,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
 
 from . import db
+from . import monitor
 from .models import MAX_TEXT_LENGTH
 from .models import messages
 from .models import to_dict
@@ -41,13 +44,35 @@ def index():
     """Show the messages, a form to add one, and the live pool panel."""
     with db.get_engine().connect() as connection:
         rows = connection.execute(select(messages).order_by(messages.c.id)).all()
-    return render_template("index.html", messages=rows)
+    return render_page(rows)
+
+
+def render_page(messages, database_error=None):
+    """Render the page: the messages, the form, the pool panel, the steps."""
+    return render_template(
+        "index.html",
+        messages=messages,
+        database_error=database_error,
+        steps=all_steps(),
+        this_step=__package__,
+    )
+
+
+def all_steps():
+    """Name every step package beside this one, for the page's navigation."""
+    # Found on disk rather than imported: no step depends on another.
+    here = pathlib.Path(__file__).resolve().parent
+    return sorted(
+        path.name
+        for path in here.parent.glob("step[0-9][0-9]_*")
+        if (path / "__init__.py").is_file()
+    )
 
 
 @bp.get("/pool")
 def pool():
     """Show what the app's connection pool holds right now."""
-    return db.pool_status()
+    return monitor.pool_status()
 
 
 @bp.get("/messages")
@@ -154,4 +179,8 @@ def database_unavailable(error):
     # the request may succeed if tried again, so 503, not 500.
     current_app.logger.warning("database unavailable", exc_info=error)
     reason = str(error).partition("\n")[0]
-    return {"error": f"database unavailable ({type(error).__name__}): {reason}"}, 503
+    message = f"database unavailable ({type(error).__name__}): {reason}"
+    if request.endpoint == "messages.index":
+        # The page, not JSON: its pool panel goes on showing what happens.
+        return render_page([], database_error=message), 503
+    return {"error": message}, 503

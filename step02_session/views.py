@@ -1,5 +1,7 @@
 """The page, the JSON API and its errors."""
 
+import pathlib
+
 from flask import Blueprint
 from flask import abort
 from flask import current_app
@@ -15,6 +17,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException
 
 from . import db
+from . import monitor
 from .models import MAX_TEXT_LENGTH
 from .models import Message
 
@@ -38,13 +41,35 @@ def refuse_impossible_ids(endpoint, values):
 def index():
     """Show the messages, a form to add one, and the live pool panel."""
     messages = db.get_session().scalars(select(Message).order_by(Message.id))
-    return render_template("index.html", messages=messages)
+    return render_page(messages)
+
+
+def render_page(messages, database_error=None):
+    """Render the page: the messages, the form, the pool panel, the steps."""
+    return render_template(
+        "index.html",
+        messages=messages,
+        database_error=database_error,
+        steps=all_steps(),
+        this_step=__package__,
+    )
+
+
+def all_steps():
+    """Name every step package beside this one, for the page's navigation."""
+    # Found on disk rather than imported: no step depends on another.
+    here = pathlib.Path(__file__).resolve().parent
+    return sorted(
+        path.name
+        for path in here.parent.glob("step[0-9][0-9]_*")
+        if (path / "__init__.py").is_file()
+    )
 
 
 @bp.get("/pool")
 def pool():
     """Show what the app's connection pool holds right now."""
-    return db.pool_status()
+    return monitor.pool_status()
 
 
 @bp.get("/messages")
@@ -150,4 +175,8 @@ def database_unavailable(error):
     # the request may succeed if tried again, so 503, not 500.
     current_app.logger.warning("database unavailable", exc_info=error)
     reason = str(error).partition("\n")[0]
-    return {"error": f"database unavailable ({type(error).__name__}): {reason}"}, 503
+    message = f"database unavailable ({type(error).__name__}): {reason}"
+    if request.endpoint == "messages.index":
+        # The page, not JSON: its pool panel goes on showing what happens.
+        return render_page([], database_error=message), 503
+    return {"error": message}, 503

@@ -1,13 +1,9 @@
 """The engine, the session registry, and the ``init-db`` command."""
 
-import os
-import threading
-
 import click
 from flask import current_app
 from flask.cli import with_appcontext
 from sqlalchemy import create_engine
-from sqlalchemy import event
 from sqlalchemy.orm import scoped_session
 from sqlalchemy.orm import sessionmaker
 
@@ -20,7 +16,6 @@ def init_app(app):
     # owns the connection pool, so requests borrow connections from it.
     engine = create_engine(app.config["DATABASE_URL"], **app.config["ENGINE_OPTIONS"])
     app.extensions["engine"] = engine
-    app.extensions["connection_counter"] = ConnectionCounter(engine)
     # One Session per thread: each request handled on a thread uses the
     # Session that scoped_session keeps for that thread.
     app.extensions["session"] = scoped_session(sessionmaker(bind=engine))
@@ -46,42 +41,6 @@ def remove_session(exception=None):
     # returning its connection to the pool), then drops it from the
     # registry, so the thread's next request starts with a new Session.
     current_app.extensions["session"].remove()
-
-
-class ConnectionCounter:
-    """Count the DBAPI connections that an engine's pool opens."""
-
-    def __init__(self, engine):
-        self.connects = 0
-        self._lock = threading.Lock()
-        event.listen(engine, "connect", self._on_connect)
-
-    def _on_connect(self, dbapi_connection, connection_record):
-        with self._lock:
-            self.connects += 1
-
-
-def pool_status():
-    """Return the state of the current app's pool, as ``/pool`` shows it."""
-    engine = get_engine()
-    pool = engine.pool
-    return {
-        "pool_class": type(pool).__name__,
-        "size": _count(pool, "size"),
-        "checked_in": _count(pool, "checkedin"),
-        "checked_out": _count(pool, "checkedout"),
-        "overflow": _count(pool, "overflow"),
-        "connects": current_app.extensions["connection_counter"].connects,
-        "pid": os.getpid(),
-        "url": engine.url.render_as_string(hide_password=True),
-    }
-
-
-def _count(pool, name):
-    # Only QueuePool keeps every count; NullPool, StaticPool and
-    # SingletonThreadPool (in-memory SQLite) lack some: those show null.
-    method = getattr(pool, name, None)
-    return method() if method is not None else None
 
 
 @click.command("init-db")

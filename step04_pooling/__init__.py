@@ -5,6 +5,7 @@ import os
 from flask import Flask
 
 from . import db
+from . import monitor
 from . import views
 
 
@@ -31,5 +32,6 @@ def create_app(test_config=None):
     os.makedirs(app.instance_path, exist_ok=True)
 
     db.init_app(app)
+    monitor.init_app(app)
     app.register_blueprint(views.bp)
     return app

@@ -1,20 +1,16 @@
 """Fixtures: a step's app on a fresh database, its clients, and live servers."""
 
 import os
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
-import requests
 
 from .postgres import HOW_TO_GET_POSTGRES
 from .postgres import Cluster
 from .postgres import Server
 from .postgres import find_binaries
-from .support import ROOT
 from .support import STEPS
+from .support import LiveServer
+from .support import free_port
 from .support import import_step
 
 
@@ -122,83 +118,14 @@ def client(app):
     return app.test_client()
 
 
-class LiveServer:
-    """A step served by a real ``flask run`` on a free loopback port."""
-
-    def __init__(self, step, database_url, env, log_path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "PYTHONUNBUFFERED": "1",
-            **env,
-        }
-        flask = [sys.executable, "-m", "flask", "--app", step]
-        subprocess.run(
-            [*flask, "init-db"], cwd=ROOT, env=self.env, check=True, timeout=60
-        )
-        with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [*flask, "run", "--host", "127.0.0.1", "--port", str(self.port)],
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self._wait_until_serving()
-
-    def _wait_until_serving(self, seconds=30):
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"flask run exited:\n{self.log()}")
-            try:
-                requests.get(self.url + "/pool", timeout=1)
-                return
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        raise RuntimeError(f"flask run did not answer in {seconds}s:\n{self.log()}")
-
-    def get(self, path, **kwargs):
-        """Send a GET request to the server."""
-        return requests.get(self.url + path, **{"timeout": 30, **kwargs})
-
-    def post(self, path, **kwargs):
-        """Send a POST request to the server."""
-        return requests.post(self.url + path, **{"timeout": 30, **kwargs})
-
-    def log(self):
-        """Return what the server has printed so far."""
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self):
-        """Stop the server and wait for it to exit."""
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-def free_port():
-    """Return a TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def serve(database_url, tmp_path):
     """Return a function that starts a step under ``flask run``."""
     servers = []
 
-    def start(step, **env):
-        server = LiveServer(
-            step, database_url, env, tmp_path / f"server-{len(servers)}.log"
-        )
+    def start(step, init_db=True, **env):
+        log_path = tmp_path / f"server-{len(servers)}.log"
+        server = LiveServer(step, database_url, env, log_path, init_db=init_db)
         servers.append(server)
         return server
 

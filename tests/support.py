@@ -1,12 +1,17 @@
-"""What the tests share besides fixtures: the steps, and small helpers."""
+"""What the tests share besides fixtures: the steps, live servers, small helpers."""
 
 import importlib
 import json
 import os
 import pathlib
+import socket
+import subprocess
+import sys
 import threading
+import time
 import traceback
 
+import requests
 from sqlalchemy import event
 from sqlalchemy import text
 
@@ -210,3 +215,85 @@ def delete_elsewhere_before(engine, statement_start, message_id):
                 )
 
     event.listen(engine, "before_cursor_execute", delete_first)
+
+
+class LiveServer:
+    """A step served by a real ``flask run`` on a free loopback port."""
+
+    def __init__(self, step, database_url, env, log_path, init_db=True):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "PYTHONUNBUFFERED": "1",
+            **env,
+        }
+        flask = [sys.executable, "-m", "flask", "--app", step]
+        if init_db:
+            subprocess.run(
+                [*flask, "init-db"], cwd=ROOT, env=self.env, check=True, timeout=60
+            )
+        with open(log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [*flask, "run", "--host", "127.0.0.1", "--port", str(self.port)],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self._wait_until_serving()
+
+    def _wait_until_serving(self, seconds=30):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"flask run exited:\n{self.log()}")
+            try:
+                requests.get(self.url + "/pool", timeout=1)
+                return
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        raise RuntimeError(f"flask run did not answer in {seconds}s:\n{self.log()}")
+
+    def get(self, path, **kwargs):
+        """Send a GET request to the server."""
+        return requests.get(self.url + path, **{"timeout": 30, **kwargs})
+
+    def post(self, path, **kwargs):
+        """Send a POST request to the server."""
+        return requests.post(self.url + path, **{"timeout": 30, **kwargs})
+
+    def log(self):
+        """Return what the server has printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self):
+        """Stop the server and wait for it to exit."""
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def free_port():
+    """Return a TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_http(url, process, seconds=30):
+    """Wait until a server answers, or fail if its process exits."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the server exited"
+        try:
+            requests.get(url + "/pool", timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer in {seconds}s")

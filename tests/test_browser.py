@@ -1,39 +1,34 @@
-"""The page works in a real browser: the pool panel refreshes, the form adds."""
+"""Each page works as a small lab in a real browser: panel, chart, burst, errors."""
 
+import json
 import os
-import shutil
 
 import pytest
 
-playwright = pytest.importorskip("playwright.sync_api")
+from .browser import HOW_TO_GET_CHROMIUM
+from .browser import find_chromium
+from .browser import launch
+from .screenshots import SMALL_POOL_FAILING_FAST
+from .screenshots import burst_and_wait
+from .screenshots import wait_for_samples
 
-CHROMIUM_FLAGS = [
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+playwright = pytest.importorskip("playwright.sync_api")
+expect = playwright.expect
+
+# Nothing listens on port 9: every connection attempt is refused.
+UNREACHABLE_DATABASE = "postgresql+psycopg://reader@127.0.0.1:9/articles"
 
 
 @pytest.fixture(scope="module")
 def browser():
     """Start a headless Chromium for the module's tests."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    chromium = find_chromium()
     if chromium is None:
-        reason = "needs Chromium: apt-get install chromium"
         if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+            pytest.fail(HOW_TO_GET_CHROMIUM)
+        pytest.skip(HOW_TO_GET_CHROMIUM)
     with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(
-            executable_path=chromium,
-            headless=True,
-            # The sandbox needs an unprivileged user; CI runs as root.
-            chromium_sandbox=False,
-            args=CHROMIUM_FLAGS,
-        )
+        browser = launch(driver, chromium)
         yield browser
         browser.close()
 
@@ -57,31 +52,134 @@ def test_the_pool_panel_shows_pool_and_refreshes_every_second(step, serve, page)
     )
 
     page.goto(server.url + "/")
-    cell = page.locator('[data-pool="connects"]')
-    playwright.expect(cell).to_have_text("1")
+    expect(page.locator('[data-pool="connects"]')).to_have_text("1")
     page.wait_for_timeout(2500)
 
     status = server.get("/pool").json()
     for key in ("pool_class", "size", "pid", "url"):
-        cell = page.locator(f'[data-pool="{key}"]')
-        playwright.expect(cell).to_have_text(str(status[key]))
+        expect(page.locator(f'[data-pool="{key}"]')).to_have_text(str(status[key]))
     # One request on load, then one a second.
     assert len(pool_requests) >= 3
+
+
+def test_the_chart_accumulates_a_sample_a_second(step, serve, page):
+    server = serve(step)
+    page.goto(server.url + "/")
+
+    wait_for_samples(page, 4)
+
+    for series in ("checked_out", "overflow", "connects"):
+        points = page.get_attribute(f'[data-series="{series}"]', "points").split()
+        assert len(points) >= 4
+
+
+@pytest.mark.parametrize(
+    "engine_options",
+    [{}, {"pool_pre_ping": True, "pool_size": 3, "pool_recycle": 60}],
+    ids=["defaults", "override"],
+)
+def test_the_panel_shows_the_settings_in_force(step, serve, page, engine_options):
+    server = serve(step, FLASK_ENGINE_OPTIONS=json.dumps(engine_options))
+    options = server.get("/pool").json()["options"]
+    assert engine_options.items() <= options.items()
+
+    page.goto(server.url + "/")
+    wait_for_samples(page, 1)
+
+    shown = {
+        key: json.loads(page.text_content(f'[data-option="{key}"]'))
+        for key in options
+        if key != "pool_class"
+    }
+    assert shown == {key: options[key] for key in shown}
+
+
+def test_step_2_answers_a_burst_with_503s_and_keeps_connections_checked_out(
+    serve, page
+):
+    server = serve(
+        "step02_session", FLASK_ENGINE_OPTIONS=json.dumps(SMALL_POOL_FAILING_FAST)
+    )
+
+    burst_and_wait(page, server)
+
+    result = page.locator("#burst-result")
+    assert int(result.get_attribute("data-unavailable")) > 0
+    assert int(result.get_attribute("data-ok")) < 20
+    expect(result).to_contain_text("× 503")
+    # The burst is over and connections are still checked out: flagged.
+    expect(page.locator("#held-warning")).to_be_visible()
+    expect(page.locator('[data-pool="checked_out"]')).to_have_class("held")
+
+
+def test_step_3_answers_the_same_burst_without_a_failure(serve, page):
+    server = serve(
+        "step03_teardown", FLASK_ENGINE_OPTIONS=json.dumps(SMALL_POOL_FAILING_FAST)
+    )
+
+    burst_and_wait(page, server)
+
+    result = page.locator("#burst-result")
+    assert result.get_attribute("data-ok") == "20"
+    assert result.get_attribute("data-unavailable") == "0"
+    expect(page.locator("#held-warning")).to_be_hidden()
+    expect(page.locator('[data-pool="checked_out"]')).to_have_text("0")
+
+
+def test_when_the_database_fails_the_page_keeps_its_live_panel(step, serve, page):
+    server = serve(step, init_db=False, DATABASE_URL=UNREACHABLE_DATABASE)
+
+    response = page.goto(server.url + "/")
+
+    assert response.status == 503
+    expect(page.locator("#database-error")).to_contain_text("database unavailable")
+    wait_for_samples(page, 2)
+    expect(page.locator('[data-pool="connects"]')).to_have_text("0")
+
+
+def test_when_step_2s_pool_runs_dry_the_page_shows_it_in_its_panel(serve, page):
+    server = serve(
+        "step02_session", FLASK_ENGINE_OPTIONS=json.dumps(SMALL_POOL_FAILING_FAST)
+    )
+
+    for _ in range(10):
+        response = page.goto(server.url + "/")
+        if response.status == 503:
+            break
+
+    assert response.status == 503
+    expect(page.locator("#database-error")).to_contain_text("QueuePool limit")
+    wait_for_samples(page, 2)
+    expect(page.locator("#held-warning")).to_be_visible()
+
+
+def test_the_page_requests_nothing_from_another_origin(step, serve, page):
+    server = serve(step)
+    requested = []
+    page.on("request", lambda request: requested.append(request.url))
+
+    burst_and_wait(page, server)
+    page.fill('input[name="text"]', "from the browser")
+    page.click("#new-message button")
+    expect(page.locator("#messages li")).to_have_text(["from the browser"])
+
+    assert requested
+    assert [url for url in requested if not url.startswith(server.url + "/")] == []
 
 
 def test_the_form_adds_a_message_and_shows_errors(step, serve, page):
     server = serve(step)
     page.goto(server.url + "/")
-    playwright.expect(page.locator("#no-messages")).to_be_visible()
+    expect(page.locator("#no-messages")).to_be_visible()
 
     page.fill('input[name="text"]', "typed in a browser")
-    page.click("text=Add")
+    page.click("#new-message button")
 
-    playwright.expect(page.locator("#messages li")).to_have_text(["typed in a browser"])
+    expect(page.locator("#messages li")).to_have_text(["typed in a browser"])
     assert server.get("/messages").json()[0]["text"] == "typed in a browser"
 
     # A NUL character passes the browser's checks; the server refuses it.
     page.fill('input[name="text"]', "a\x00b")
-    page.click("text=Add")
-    playwright.expect(page.locator("#form-error")).to_contain_text("NUL")
+    page.click("#new-message button")
+    expect(page.locator("#form-error")).to_contain_text("NUL")
     assert len(server.get("/messages").json()) == 1

@@ -1,6 +1,8 @@
 """The contract every step keeps: the JSON API, its errors, /pool and the page."""
 
+import importlib
 import os
+import re
 from datetime import UTC
 from datetime import datetime
 from datetime import timedelta
@@ -10,6 +12,7 @@ from sqlalchemy import inspect
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from .support import STEPS
 from .support import delete_elsewhere_before
 from .support import import_step
 from .support import pool_status
@@ -232,6 +235,57 @@ def test_pool_opens_no_connection_before_the_first_query(client):
     assert status["checked_in"] + status["checked_out"] == 1
 
 
+# SQLAlchemy's own QueuePool defaults, in force until step 4 sets its own.
+SQLALCHEMY_POOL_DEFAULTS = {
+    "pool_class": "QueuePool",
+    "pool_pre_ping": False,
+    "pool_recycle": -1,
+    "pool_size": 5,
+    "max_overflow": 10,
+    "pool_timeout": 30,
+}
+
+
+def test_pool_shows_the_settings_in_force(step, client):
+    options = pool_status(client)["options"]
+
+    if step < "step04_pooling":
+        assert options == SQLALCHEMY_POOL_DEFAULTS
+    else:
+        pooling = importlib.import_module(f"{step}.db").POOL_DEFAULTS
+        assert options == {**SQLALCHEMY_POOL_DEFAULTS, **pooling}
+
+
+def test_pool_shows_an_overridden_setting(step, make_app):
+    override = {"pool_pre_ping": True, "pool_recycle": 60, "max_overflow": 0}
+    client = make_app(step, engine_options=override).test_client()
+
+    options = pool_status(client)["options"]
+
+    assert {key: options[key] for key in override} == override
+
+
+def test_pool_counts_the_requests_running_but_not_its_own(step, app):
+    monitor = importlib.import_module(f"{step}.monitor")
+
+    @app.get("/requests-running")
+    def requests_running():
+        return {"seen from inside": monitor.pool_status()["requests_running"]}
+
+    client = app.test_client()
+    assert client.get("/requests-running").get_json() == {"seen from inside": 1}
+    assert pool_status(client)["requests_running"] == 0
+
+
+def test_pool_counts_the_connections_this_process_opened(client):
+    assert pool_status(client)["connects_in_this_process"] == 0
+
+    client.get("/messages")
+
+    status = pool_status(client)
+    assert status["connects_in_this_process"] == status["connects"] == 1
+
+
 def test_pool_masks_the_database_password(step):
     # Nothing listens there, and nothing needs to: /pool runs no query.
     url = "postgresql+psycopg://reader:s3cret@127.0.0.1:9/articles"
@@ -331,8 +385,53 @@ def test_the_page_shows_the_step_its_messages_a_form_and_the_pool_panel(step, cl
         ("connects", "connects"),
     ]:
         assert f'<dt>{label}</dt><dd data-pool="{key}">' in page
-    assert "fetch(poolUrl)" in page
-    assert '"/pool"' in page
+    # The panel's script, served by the app itself, polls /pool.
+    assert 'src="/static/panel.js"' in page
+    assert 'data-pool-url="/pool"' in page
+    with client.get("/static/panel.js") as script:
+        assert "fetch(poolUrl" in script.get_data(as_text=True)
+
+
+def test_each_number_on_the_panel_says_what_it_means(client):
+    page = client.get("/").get_data(as_text=True)
+
+    for key in re.findall(r'data-(?:pool|option)="(\w+)"', page):
+        # Each value is followed by its one-line legend.
+        assert re.search(
+            rf'data-(?:pool|option)="{key}">…</dd>\s*<dd class="legend">\w', page
+        ), key
+    assert "−4 means one open" in page
+
+
+def test_the_page_names_every_step_and_how_to_run_it(step, client):
+    page = client.get("/").get_data(as_text=True)
+
+    assert f"Step {STEPS.index(step) + 1} of {len(STEPS)}" in page
+    for other in STEPS:
+        assert f"<code>make run STEP={other}</code>" in page
+    assert f'<li aria-current="step"><code>make run STEP={step}</code>' in page
+    assert '<p id="next-step">' in page
+
+
+def test_when_the_database_fails_the_page_still_answers_with_its_panel(step):
+    # Nothing listens on port 9: every connection attempt is refused.
+    app = import_step(step).create_app(
+        {"DATABASE_URL": "postgresql+psycopg://reader@127.0.0.1:9/articles"}
+    )
+    client = app.test_client()
+
+    page = client.get("/")
+    api = client.get("/messages")
+
+    assert page.status_code == 503
+    assert page.mimetype == "text/html"
+    html = page.get_data(as_text=True)
+    assert '<p id="database-error" role="alert">' in html
+    assert "database unavailable (OperationalError)" in html
+    assert '<section id="pool">' in html
+    # The JSON API keeps its JSON errors.
+    assert api.status_code == 503
+    assert api.get_json()["error"].startswith("database unavailable")
 
 
 def test_the_page_says_when_there_are_no_messages(client):

@@ -21,12 +21,13 @@ from sqlalchemy import select
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from .conftest import free_port
 from .conftest import skip_or_fail
 from .support import ROOT
+from .support import free_port
 from .support import in_forked_child
 from .support import pool_status
 from .support import send_from_threads
+from .support import wait_for_http
 
 PRE_PING_OFF = {"pool_pre_ping": False}
 
@@ -296,19 +297,6 @@ def get_and_pool(url):
     with requests.Session() as session:
         status = session.get(url + "/messages", timeout=30).status_code
         return status, session.get(url + "/pool", timeout=30).json()
-
-
-def wait_for_http(url, process, seconds=30):
-    """Wait until a server answers, or fail if its process exits."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the server exited"
-        try:
-            requests.get(url + "/pool", timeout=1)
-            return
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    raise AssertionError(f"{url} did not answer in {seconds}s")
 
 
 # 5. Pool limits

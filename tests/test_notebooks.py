@@ -11,9 +11,9 @@ import nbformat
 import requests
 from nbclient import NotebookClient
 
-from .conftest import free_port
 from .support import ROOT
 from .support import STEPS
+from .support import free_port
 
 NOTEBOOKS = ROOT / "notebooks"
 

@@ -62,7 +62,10 @@ def client(make_app):
 def test_without_teardown_the_connection_stays_checked_out_after_a_request(client):
     client.get("/messages")
 
-    assert pool_status(client)["checked_out"] == 1
+    status = pool_status(client)
+    assert status["checked_out"] == 1
+    # No request runs: the connection is held by the thread's Session alone.
+    assert status["requests_running"] == 0
 
 
 def test_without_teardown_a_reused_thread_reads_a_stale_row(client):

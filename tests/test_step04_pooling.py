@@ -26,15 +26,16 @@ def step(request):
     return request.param
 
 
-def test_the_pool_defaults_are_in_force(app):
-    pool = app.extensions["engine"].pool
-
-    assert pool.size() == 5
-    assert pool.timeout() == 10
-    # The pool keeps these three privately; it offers no public accessor.
-    assert pool._max_overflow == 10
-    assert pool._pre_ping is True
-    assert pool._recycle == 1800
+def test_the_pool_defaults_are_in_force(client):
+    # /pool reads them from the pool itself, not from the configuration.
+    assert pool_status(client)["options"] == {
+        "pool_class": "QueuePool",
+        "pool_pre_ping": True,
+        "pool_recycle": 1800,
+        "pool_size": 5,
+        "max_overflow": 10,
+        "pool_timeout": 10,
+    }
 
 
 def test_engine_options_override_one_default_and_keep_the_others(step, make_app):
@@ -122,6 +123,7 @@ def test_a_forked_child_opens_its_own_connection(step, child_connects, make_app)
     # the parent's); step 3's child used the one it inherited, which the
     # parent still holds: on a server, that is one socket for two processes.
     assert child["pool"]["connects"] == child_connects
+    assert child["pool"]["connects_in_this_process"] == child_connects - 1
 
 
 def test_the_parent_keeps_its_connection_after_a_fork(client):

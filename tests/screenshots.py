@@ -1,0 +1,80 @@
+"""Take the README's screenshots: pages in headless Chromium, after a burst.
+
+    make screenshots    (or: .venv/bin/python -m tests.screenshots docs)
+
+Step 2 and step 3 run under ``flask run`` on the same small pool, and each
+page sends the same burst of requests: step 2 answers 503s and keeps its
+connections checked out; step 3 serves every request.
+"""
+
+import json
+import pathlib
+import sys
+import tempfile
+
+from playwright.sync_api import sync_playwright
+
+from .browser import HOW_TO_GET_CHROMIUM
+from .browser import find_chromium
+from .browser import launch
+from .support import LiveServer
+
+# Two connections, no overflow, and a request that finds none free within a
+# second answers 503.
+SMALL_POOL_FAILING_FAST = {"pool_size": 2, "max_overflow": 0, "pool_timeout": 1}
+
+SCREENSHOTS = {
+    "step02_session": "step02-burst.png",
+    "step03_teardown": "step03-burst.png",
+}
+
+
+def wait_for_samples(page, count):
+    """Wait until the panel's chart holds this many samples of /pool."""
+    page.wait_for_function(
+        f"document.getElementById('pool-chart').dataset.samples >= {count}"
+    )
+
+
+def burst_and_wait(page, server):
+    """Open a step's page, send the default burst, and let the panel catch up."""
+    page.goto(server.url + "/")
+    wait_for_samples(page, 3)
+    page.click("#burst button")
+    page.wait_for_selector("#burst-result[data-ok]", timeout=60_000)
+    # A few more samples, so the chart shows what followed the burst.
+    page.wait_for_timeout(3000)
+
+
+def take_screenshots(folder):
+    """Write the README's screenshots into ``folder``; return their paths."""
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    chromium = find_chromium()
+    if chromium is None:
+        raise SystemExit(HOW_TO_GET_CHROMIUM)
+    paths = []
+    with tempfile.TemporaryDirectory() as work, sync_playwright() as driver:
+        browser = launch(driver, chromium)
+        for step, name in SCREENSHOTS.items():
+            server = LiveServer(
+                step,
+                f"sqlite:///{work}/{step}.sqlite",
+                {"FLASK_ENGINE_OPTIONS": json.dumps(SMALL_POOL_FAILING_FAST)},
+                pathlib.Path(work) / f"{step}.log",
+            )
+            try:
+                page = browser.new_page(viewport={"width": 900, "height": 900})
+                burst_and_wait(page, server)
+                page.screenshot(path=folder / name, full_page=True)
+                page.close()
+            finally:
+                server.stop()
+            paths.append(folder / name)
+        browser.close()
+    return paths
+
+
+if __name__ == "__main__":
+    for path in take_screenshots(sys.argv[1] if len(sys.argv) > 1 else "docs"):
+        print(path)

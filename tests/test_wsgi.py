@@ -1,0 +1,97 @@
+"""Each step's ``wsgi.py`` under ``gunicorn --preload``: the fork demo.
+
+The module checks the database as it loads, so gunicorn's master holds a
+pooled connection when it forks its workers. Step 3's workers serve on that
+inherited connection and open none of their own; step 4's each open theirs.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import requests
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from .support import ROOT
+from .support import free_port
+from .support import steps_from
+from .support import wait_for_http
+
+
+@pytest.mark.parametrize(
+    ("step", "connections_of_its_own"),
+    [("step03_teardown", 0), *((step, 1) for step in steps_from("step04_pooling"))],
+)
+def test_preloaded_workers_open_connections_of_their_own_from_step_4_on(
+    step, connections_of_its_own, database_url, backend, request
+):
+    env = {**os.environ, "DATABASE_URL": database_url}
+    subprocess.run(
+        [sys.executable, "-m", "flask", "--app", step, "init-db"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    url = f"http://127.0.0.1:{free_port()}"
+    gunicorn = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "gunicorn", "--preload", "--workers", "2"),
+            *("--bind", url.removeprefix("http://"), f"{step}.wsgi:app"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_http(url, gunicorn)
+        # One request at a time: step 3's workers share the master's
+        # connection, and two requests at once on one socket would corrupt
+        # its traffic. Each /pool answer comes from whichever worker takes
+        # it: go on until both workers have answered after serving.
+        workers = {}
+        for _ in range(60):
+            assert requests.get(url + "/messages", timeout=30).status_code == 200
+            answer = requests.get(url + "/pool", timeout=30).json()
+            assert answer["pid"] != gunicorn.pid
+            seen = workers.setdefault(answer["pid"], answer)
+            if answer["connects_in_this_process"] > seen["connects_in_this_process"]:
+                workers[answer["pid"]] = answer
+            if len(workers) == 2 and all(
+                worker["connects_in_this_process"] == connections_of_its_own
+                for worker in workers.values()
+            ):
+                break
+        if backend == "postgresql":
+            server_connections = count_connections(request, database_url)
+    finally:
+        gunicorn.terminate()
+        gunicorn.wait(timeout=30)
+
+    for worker in workers.values():
+        # The master's connection is counted in every worker's copy.
+        assert worker["connects"] == 1 + connections_of_its_own
+        assert worker["connects_in_this_process"] == connections_of_its_own
+    if backend == "postgresql" and connections_of_its_own == 0:
+        # Every worker served on the master's one connection.
+        assert server_connections == 1
+    elif backend == "postgresql":
+        # The master's, and one of each worker that served.
+        assert server_connections >= 1 + len(workers)
+
+
+def count_connections(request, database_url):
+    """Count the connections the server has to the test's database."""
+    server = request.getfixturevalue("postgres")
+    engine = server.admin_engine()
+    with engine.connect() as connection:
+        count = connection.execute(
+            text("SELECT count(*) FROM pg_stat_activity WHERE datname = :name"),
+            {"name": make_url(database_url).database},
+        ).scalar_one()
+    engine.dispose()
+    return count
