@@ -1,19 +1,24 @@
 # Two commands on a fresh machine with Python 3.11+:
-#   make run    serve a step (STEP=step01_engine, PORT=5000)
+#   make run    serve a step (STEP=step01_engine, PORT=5000, DB=sqlite)
 #   make test   run the whole test suite
 # and one to experiment:
 #   make notebooks   open the notebooks in JupyterLab (NOTEBOOK_PORT=8888)
 PYTHON ?= python3
 STEP ?= step01_engine
 PORT ?= 5000
+# sqlite: a file in instance/; postgresql: a throwaway server of its own.
+DB ?= sqlite
 NOTEBOOK_PORT ?= 8888
 # More options for JupyterLab, for example --no-browser.
 NOTEBOOK_ARGS ?=
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# Notebooks are committed without outputs, execution counts, or the version
+# of the Python that last ran them.
+STRIP_NOTEBOOKS := $(BIN)/nbstripout --extra-keys metadata.language_info
 
-.PHONY: run test lint notebooks clean
+.PHONY: run test lint notebooks strip-notebooks screenshots clean
 
 # setuptools explains editable installs at length on every install: advice,
 # not a failure, but alarming to a newcomer, so its warnings are silenced.
@@ -23,24 +28,38 @@ $(INSTALLED): pyproject.toml
 	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+SERVE_STEP = $(BIN)/flask --app $(STEP) init-db && $(BIN)/flask --app $(STEP) run --port $(PORT)
+
 run: $(INSTALLED)
-	$(BIN)/flask --app $(STEP) init-db
-	$(BIN)/flask --app $(STEP) run --port $(PORT)
+ifeq ($(DB),postgresql)
+	$(BIN)/python -m tests.postgres sh -c '$(SERVE_STEP)'
+else ifeq ($(DB),sqlite)
+	$(SERVE_STEP)
+else
+	$(error DB=$(DB): choose DB=sqlite or DB=postgresql)
+endif
 
 test: $(INSTALLED)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# Notebooks are committed without outputs or execution counts.
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/nbstripout --verify notebooks/*.ipynb
+	$(STRIP_NOTEBOOKS) --verify notebooks/*.ipynb
 
 # JupyterLab listens on loopback only; it refuses to run as root unless told.
 notebooks: $(INSTALLED)
 	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(NOTEBOOK_PORT) \
 		--ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) \
 		$(NOTEBOOK_ARGS)
+
+# Strip what running the notebooks left in them, before a commit.
+strip-notebooks: $(INSTALLED)
+	$(STRIP_NOTEBOOKS) notebooks/*.ipynb
+
+# The README's screenshots: pages in headless Chromium, after a burst.
+screenshots: $(INSTALLED)
+	$(BIN)/python -m tests.screenshots docs/screenshots
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache .ruff_cache .hypothesis

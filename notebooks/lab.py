@@ -6,6 +6,7 @@ here only sets the stage and draws.
 """
 
 import atexit
+import html
 import json
 import logging
 import os
@@ -61,14 +62,28 @@ def pool(app):
 
 
 def show_table(rows):
-    """Display a list of dicts as a table, one column per key."""
+    """Display a list of dicts as a table, one column per key, left-aligned."""
     columns = list(rows[0])
-    head = "".join(f"<th>{column}</th>" for column in columns)
+    rows = [{key: _plain(value) for key, value in row.items()} for row in rows]
+    cell = '<{tag} style="text-align: left">{value}</{tag}>'
+    head = "".join(cell.format(tag="th", value=column) for column in columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{row[column]}</td>" for column in columns) + "</tr>"
+        "<tr>"
+        + "".join(
+            cell.format(tag="td", value=html.escape(str(row[column])))
+            for column in columns
+        )
+        + "</tr>"
         for row in rows
     )
     display(HTML(f"<table><tr>{head}</tr>{body}</table>"))
+
+
+def _plain(value):
+    # 1.0 reads better as 1 in a table of counts.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 @contextmanager
@@ -120,21 +135,30 @@ def time_per_request(clients, path, requests=50, rounds=7):
                 statistics.median(t / b for t, b in zip(times, baseline, strict=True)),
                 2,
             ),
-            "connects per request": connects[name] / (requests * rounds),
+            "connects per request": round(connects[name] / (requests * rounds), 3),
         }
         for name, times in per_round.items()
     }
 
 
-LINE_STYLES = ["-", "--", ":", "-."]
+# Markers and dashes tell apart lines that lie on top of each other.
+LINE_STYLES = ["o-", "x--", "s:", "^-."]
 
 
 def line_chart(series, xlabel, title, ylabel="connections"):
     """Draw each named list of numbers as a line, against 1, 2, 3, ..."""
     figure, axes = plt.subplots(figsize=(7, 3))
-    # Dashes tell apart lines that lie on top of each other.
-    for (name, values), style in zip(series.items(), LINE_STYLES, strict=False):
-        axes.plot(range(1, len(values) + 1), values, style, label=name, linewidth=2)
+    for number, (name, values) in enumerate(series.items()):
+        style = LINE_STYLES[number % len(LINE_STYLES)]
+        # Markers staggered, so that each line shows its own.
+        axes.plot(
+            range(1, len(values) + 1),
+            values,
+            style,
+            label=name,
+            markevery=(number * 2, 6),
+        )
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.set_title(title)
@@ -149,7 +173,7 @@ def bar_chart(timings, title):
     figure, axes = plt.subplots(figsize=(7, 3))
     labels = [textwrap.fill(name, 16) for name in names]
     bars = axes.bar(labels, values, color="#4c72b0")
-    axes.bar_label(bars, [f"×{timings[name]['ratio']:.1f}" for name in names])
+    axes.bar_label(bars, [f"×{timings[name]['ratio']:.2f}" for name in names])
     axes.set_ylabel("µs per request (median)")
     axes.set_title(title)
     axes.margins(y=0.2)
@@ -198,18 +222,20 @@ class PoolSampler:
         self.samples.append((self.now(), self.checked_out()))
 
     def draw(self, title, failures=()):
-        """Draw checked_out over time, failed requests as red crosses."""
+        """Draw checked_out over time, and how many requests had failed."""
         figure, axes = plt.subplots(figsize=(8, 3))
         times, counts = zip(*self.samples, strict=True)
-        axes.step(times, counts, where="post", label="checked out")
+        axes.step(times, counts, where="post", label="checked out", linewidth=2)
+        failed = [sum(moment <= time for moment in failures) for time in times]
         if failures:
-            axes.plot(failures, [0] * len(failures), "rx", markersize=10, label="503")
+            axes.step(times, failed, "r--", where="post", label="503s so far")
+        top = max(*counts, *failed) + 1
         for moment, label in self.marks:
-            axes.axvline(moment, color="grey", linestyle="--")
-            axes.annotate(label, (moment, max(counts) + 0.3), rotation=90, va="top")
+            axes.axvline(moment, color="grey", linestyle=":")
+            axes.text(moment, top - 0.1, f" {label}", va="top", color="grey")
         axes.set_xlabel("seconds")
-        axes.set_ylabel("connections")
-        axes.set_ylim(-0.5, max(counts) + 1)
+        axes.set_ylabel("count")
+        axes.set_ylim(-0.5, top)
         axes.yaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_title(title)
         axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1))

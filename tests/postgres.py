@@ -3,6 +3,12 @@
 The harness starts its own cluster (initdb and pg_ctl into a temporary
 folder, on a free loopback port) unless TEST_POSTGRES_URL names a server on
 which the tests may create databases. Each test gets a database of its own.
+
+Run as a program, it starts such a cluster for a command of yours, with
+DATABASE_URL naming a database on it, and deletes the cluster when the
+command ends (``make run DB=postgresql`` does so):
+
+    .venv/bin/python -m tests.postgres .venv/bin/flask --app step04_pooling run
 """
 
 import contextlib
@@ -10,13 +16,17 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import uuid
 
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
+
+from .support import free_port
 
 HOW_TO_GET_POSTGRES = (
     "PostgreSQL's initdb, pg_ctl and postgres were not found: install them "
@@ -57,9 +67,9 @@ class Server:
             self.admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool
         )
 
-    def create_database(self):
+    def create_database(self, name=None):
         """Create an empty database and return its URL."""
-        name = f"test_{uuid.uuid4().hex[:16]}"
+        name = name or f"test_{uuid.uuid4().hex[:16]}"
         engine = self.admin_engine()
         with engine.connect() as connection:
             version = int(
@@ -164,3 +174,49 @@ def unprivileged_user():
         except KeyError:
             continue
     raise RuntimeError("no unprivileged user (postgres or nobody) to run PostgreSQL")
+
+
+def run_on_a_throwaway_cluster(command):
+    """Run a command with DATABASE_URL on a cluster of its own; return its status."""
+    bindir = find_binaries()
+    if bindir is None:
+        raise SystemExit(HOW_TO_GET_POSTGRES)
+    cluster = Cluster(bindir, free_port())
+    # Stopped by a signal (kill, a closing terminal), clean up all the same.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGHUP, lambda signum, frame: sys.exit(128 + signum))
+    process = None
+    try:
+        url = cluster.create_database("messages")
+        print(
+            f"A throwaway PostgreSQL in {cluster.folder}, deleted when this stops;"
+            f" DATABASE_URL={url}",
+            flush=True,
+        )
+        # A process group of its own, so that everything the command starts
+        # (a server's workers) stops with it.
+        process = subprocess.Popen(
+            command, env={**os.environ, "DATABASE_URL": url}, process_group=0
+        )
+        return process.wait()
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if process is not None:
+            stop_process_group(process)
+        cluster.destroy()
+
+
+def stop_process_group(process):
+    """Stop a process and everything it started, politely first."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(run_on_a_throwaway_cluster(sys.argv[1:]))

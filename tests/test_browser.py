@@ -8,9 +8,12 @@ import pytest
 from .browser import HOW_TO_GET_CHROMIUM
 from .browser import find_chromium
 from .browser import launch
+from .screenshots import SCREENSHOTS
 from .screenshots import SMALL_POOL_FAILING_FAST
 from .screenshots import burst_and_wait
+from .screenshots import take_screenshots
 from .screenshots import wait_for_samples
+from .support import ROOT
 
 playwright = pytest.importorskip("playwright.sync_api")
 expect = playwright.expect
@@ -183,3 +186,14 @@ def test_the_form_adds_a_message_and_shows_errors(step, serve, page):
     page.click("#new-message button")
     expect(page.locator("#form-error")).to_contain_text("NUL")
     assert len(server.get("/messages").json()) == 1
+
+
+def test_make_screenshots_takes_the_readmes_screenshots(browser, tmp_path):
+    paths = take_screenshots(tmp_path)
+
+    assert [path.name for path in paths] == list(SCREENSHOTS.values())
+    readme = (ROOT / "README.md").read_text()
+    for path in paths:
+        assert path.read_bytes().startswith(b"\x89PNG\r\n")
+        assert f"docs/screenshots/{path.name}" in readme
+        assert (ROOT / "docs" / "screenshots" / path.name).is_file()
