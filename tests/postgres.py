@@ -183,8 +183,8 @@ def run_on_a_throwaway_cluster(command):
         raise SystemExit(HOW_TO_GET_POSTGRES)
     cluster = Cluster(bindir, free_port())
     # Stopped by a signal (kill, a closing terminal), clean up all the same.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    signal.signal(signal.SIGHUP, lambda signum, frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGTERM, leave_on_signal)
+    signal.signal(signal.SIGHUP, leave_on_signal)
     process = None
     try:
         url = cluster.create_database("messages")
@@ -202,9 +202,24 @@ def run_on_a_throwaway_cluster(command):
     except KeyboardInterrupt:
         return 130
     finally:
+        ignore_stop_signals()
         if process is not None:
             stop_process_group(process)
         cluster.destroy()
+
+
+def leave_on_signal(signum, frame):
+    """Leave through the cleanup, as ``sys.exit`` does."""
+    ignore_stop_signals()
+    sys.exit(128 + signum)
+
+
+def ignore_stop_signals():
+    """Ignore further signals to stop, so that nothing cuts the cleanup short."""
+    # One is enough: make, stopped, passes its own SIGTERM on to its
+    # children, and a second signal inside the cleanup would end it there.
+    for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop_signal, signal.SIG_IGN)
 
 
 def stop_process_group(process):

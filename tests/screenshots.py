@@ -36,26 +36,23 @@ def wait_for_samples(page, count):
     )
 
 
-def burst_and_wait(page, server):
-    """Open a step's page, send the default burst, and let the panel catch up."""
+def burst_and_wait(page, server, count=20):
+    """Open a step's page, send a burst of requests, and let the panel catch up."""
     page.goto(server.url + "/")
     wait_for_samples(page, 3)
+    page.fill('#burst input[name="count"]', str(count))
     page.click("#burst button")
     page.wait_for_selector("#burst-result[data-ok]", timeout=60_000)
     # A few more samples, so the chart shows what followed the burst.
     page.wait_for_timeout(3000)
 
 
-def take_screenshots(folder):
+def take_screenshots(folder, browser):
     """Write the README's screenshots into ``folder``; return their paths."""
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    chromium = find_chromium()
-    if chromium is None:
-        raise SystemExit(HOW_TO_GET_CHROMIUM)
     paths = []
-    with tempfile.TemporaryDirectory() as work, sync_playwright() as driver:
-        browser = launch(driver, chromium)
+    with tempfile.TemporaryDirectory() as work:
         for step, name in SCREENSHOTS.items():
             server = LiveServer(
                 step,
@@ -63,18 +60,30 @@ def take_screenshots(folder):
                 {"FLASK_ENGINE_OPTIONS": json.dumps(SMALL_POOL_FAILING_FAST)},
                 pathlib.Path(work) / f"{step}.log",
             )
+            page = browser.new_page(viewport={"width": 900, "height": 900})
             try:
-                page = browser.new_page(viewport={"width": 900, "height": 900})
                 burst_and_wait(page, server)
                 page.screenshot(path=folder / name, full_page=True)
-                page.close()
             finally:
+                page.close()
                 server.stop()
             paths.append(folder / name)
-        browser.close()
     return paths
 
 
+def main(folder):
+    """Take the screenshots with a Chromium of their own."""
+    chromium = find_chromium()
+    if chromium is None:
+        raise SystemExit(HOW_TO_GET_CHROMIUM)
+    with sync_playwright() as driver:
+        browser = launch(driver, chromium)
+        try:
+            return take_screenshots(folder, browser)
+        finally:
+            browser.close()
+
+
 if __name__ == "__main__":
-    for path in take_screenshots(sys.argv[1] if len(sys.argv) > 1 else "docs"):
+    for path in main(sys.argv[1] if len(sys.argv) > 1 else "docs/screenshots"):
         print(path)
