@@ -22,6 +22,12 @@ expect = playwright.expect
 UNREACHABLE_DATABASE = "postgresql+psycopg://reader@127.0.0.1:9/articles"
 
 
+@pytest.fixture
+def backend():
+    """Test the page on SQLite: what it shows comes from /pool on either database."""
+    return "sqlite"
+
+
 @pytest.fixture(scope="module")
 def browser():
     """Start a headless Chromium for the module's tests."""

@@ -8,6 +8,7 @@ inherited connection and open none of their own; step 4's each open theirs.
 import os
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -50,6 +51,8 @@ def test_preloaded_workers_open_connections_of_their_own_from_step_4_on(
     )
     try:
         wait_for_http(url, gunicorn)
+        # The first worker may answer before the second is ready to serve.
+        assert len(worker_answers(url, gunicorn)) == 2
         # Step 3's workers share the master's socket, and two requests at
         # once on it would corrupt its traffic (that is the bug), so step 3
         # gets one request at a time; step 4's, several, so both work.
@@ -57,14 +60,7 @@ def test_preloaded_workers_open_connections_of_their_own_from_step_4_on(
         with ThreadPoolExecutor(max_workers=at_once) as executor:
             statuses = list(executor.map(get_messages, [url] * 40))
         assert statuses == [200] * 40
-        # Each answer comes from whichever worker takes it.
-        workers = {}
-        for _ in range(40):
-            answer = requests.get(url + "/pool", timeout=30).json()
-            assert answer["pid"] != gunicorn.pid
-            workers[answer["pid"]] = answer
-            if len(workers) == 2:
-                break
+        workers = worker_answers(url, gunicorn)
         if backend == "postgresql":
             server_connections = count_connections(request, database_url)
     finally:
@@ -81,6 +77,20 @@ def test_preloaded_workers_open_connections_of_their_own_from_step_4_on(
     elif backend == "postgresql":
         # The master's, and one of each worker that served.
         assert server_connections >= 1 + len(workers)
+
+
+def worker_answers(url, gunicorn):
+    """Ask /pool until both workers have answered; return their answers by pid."""
+    # Each request goes to whichever worker takes it first.
+    workers = {}
+    for _ in range(200):
+        answer = requests.get(url + "/pool", timeout=30).json()
+        assert answer["pid"] != gunicorn.pid
+        workers[answer["pid"]] = answer
+        if len(workers) == 2:
+            break
+        time.sleep(0.02)
+    return workers
 
 
 def get_messages(url):
