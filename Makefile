@@ -3,6 +3,7 @@
 #   make test   run the whole test suite
 # and one to experiment:
 #   make notebooks   open the notebooks in JupyterLab (NOTEBOOK_PORT=8888)
+#   make bench       measure every claim about cost (BENCH_ARGS=--quick)
 PYTHON ?= python3
 STEP ?= step01_engine
 PORT ?= 5000
@@ -18,7 +19,7 @@ INSTALLED := $(VENV)/.installed
 # of the Python that last ran them.
 STRIP_NOTEBOOKS := $(BIN)/nbstripout --extra-keys metadata.language_info
 
-.PHONY: run test lint notebooks strip-notebooks screenshots clean
+.PHONY: run test lint notebooks strip-notebooks screenshots bench clean
 
 # setuptools explains editable installs at length on every install: advice,
 # not a failure, but alarming to a newcomer, so its warnings are silenced.
@@ -56,6 +57,10 @@ notebooks: $(INSTALLED)
 # Strip what running the notebooks left in them, before a commit.
 strip-notebooks: $(INSTALLED)
 	$(STRIP_NOTEBOOKS) notebooks/*.ipynb
+
+# The benchmark, into bench/results; BENCH_ARGS=--quick for a short run.
+bench: $(INSTALLED)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # The README's screenshots: pages in headless Chromium, after a burst.
 screenshots: $(INSTALLED)

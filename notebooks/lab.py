@@ -11,13 +11,11 @@ import json
 import logging
 import os
 import shutil
-import statistics
 import tempfile
 import textwrap
 import threading
 import time
 import warnings
-from contextlib import contextmanager
 
 import matplotlib.pyplot as plt
 from IPython.display import HTML
@@ -27,7 +25,6 @@ from sqlalchemy import create_engine
 from sqlalchemy import event
 from sqlalchemy import text
 from sqlalchemy.pool import NullPool
-from sqlalchemy.pool import Pool
 
 _folder = tempfile.mkdtemp(prefix="flask-sqlalchemy-notebook-")
 atexit.register(shutil.rmtree, _folder, ignore_errors=True)
@@ -84,61 +81,6 @@ def _plain(value):
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
-
-
-@contextmanager
-def counting_connects():
-    """Count the DBAPI connections that every pool opens inside the block."""
-    counter = {"connects": 0}
-
-    def count(dbapi_connection, connection_record):
-        counter["connects"] += 1
-
-    # Listening on the Pool class counts the pools of engines created later,
-    # inside the block, too.
-    event.listen(Pool, "connect", count)
-    try:
-        yield counter
-    finally:
-        event.remove(Pool, "connect", count)
-
-
-def time_per_request(clients, path, requests=50, rounds=7):
-    """Time ``GET path`` through each client, the cases interleaved round by round.
-
-    ``clients`` maps a case's name to a test client. Each round sends
-    ``requests`` requests through every client, in an order rotated by one
-    from the round before, so that a machine that drifts (another process, a
-    warming cache) weighs on every case alike. Return for each case the
-    median microseconds per request, its median ratio, round by round, to the
-    first case, and the connections it opened per request.
-    """
-    names = list(clients)
-    per_round = {name: [] for name in names}
-    connects = dict.fromkeys(names, 0)
-    for number in range(rounds):
-        shift = number % len(names)
-        for name in names[shift:] + names[:shift]:
-            with counting_connects() as counter:
-                started = time.perf_counter()
-                for _ in range(requests):
-                    response = clients[name].get(path)
-                    assert response.status_code == 200, response.get_json()
-                elapsed = time.perf_counter() - started
-            per_round[name].append(elapsed / requests * 1e6)
-            connects[name] += counter["connects"]
-    baseline = per_round[names[0]]
-    return {
-        name: {
-            "µs per request": round(statistics.median(times)),
-            "ratio": round(
-                statistics.median(t / b for t, b in zip(times, baseline, strict=True)),
-                2,
-            ),
-            "connects per request": round(connects[name] / (requests * rounds), 3),
-        }
-        for name, times in per_round.items()
-    }
 
 
 # Markers and dashes tell apart lines that lie on top of each other.

@@ -1,0 +1,141 @@
+"""Run the benchmark and write its table, its JSON and its chart."""
+
+import argparse
+import json
+import pathlib
+import platform
+import tempfile
+from importlib import metadata
+
+import sqlalchemy
+
+from tests.postgres import Cluster
+from tests.postgres import find_binaries
+from tests.support import free_port
+
+from . import report
+from .apps import BASELINE
+from .apps import CASES
+from .apps import prepare_database
+from .load import find_wrk
+from .load import load_test
+from .timing import time_per_request
+
+CONCURRENCIES = [1, 8, 32, 64]
+
+
+def parse_arguments():
+    """Read the command line."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--out", default="bench/results", help="folder of the outputs (bench/results)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few rounds and a short load: checks that it runs, in under a minute",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        help="a PostgreSQL database to use (its tables are created); by default"
+        " a throwaway server is started, when PostgreSQL is installed",
+    )
+    parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
+    parser.add_argument("--no-load", action="store_true", help="skip the load test")
+    parser.add_argument("--rounds", type=int, help="in-process rounds (15)")
+    parser.add_argument(
+        "--requests", type=int, help="requests per case and round (200)"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (2)")
+    parser.add_argument("--threads", type=int, default=4, help="threads per worker (4)")
+    parser.add_argument(
+        "--seconds", type=float, help="seconds per load level, at most (5)"
+    )
+    return parser.parse_args()
+
+
+def measure(backend, url, arguments):
+    """Measure every case in-process, then step 4 under load, on one database."""
+    path = prepare_database(url)
+    message = CASES["step04_pooling"](url, None).test_client().get(path).get_json()
+    clients = {name: make(url, message).test_client() for name, make in CASES.items()}
+    # Every case answers the same JSON before anything is timed.
+    for name, client in clients.items():
+        answer = client.get(path)
+        assert answer.status_code == 200, (name, answer.get_data(as_text=True))
+        assert answer.get_json() == message, (name, answer.get_json())
+    timings = time_per_request(
+        clients, path, arguments.requests, arguments.rounds, baseline=BASELINE
+    )
+    result = {"backend": backend, "path": path, "in_process": timings}
+    if not arguments.no_load:
+        result["load"] = load_test(
+            url,
+            path,
+            CONCURRENCIES,
+            arguments.seconds,
+            arguments.requests_under_load,
+            free_port(),
+            arguments.workers,
+            arguments.threads,
+        )
+    return result
+
+
+def versions():
+    """Name what the numbers were measured with."""
+    names = [
+        "flask",
+        "flask-sqlalchemy",
+        "flask-sqlalchemy-lite",
+        "psycopg",
+        "gunicorn",
+    ]
+    return {
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {platform.system()}",
+        "sqlalchemy": sqlalchemy.__version__,
+        **{name: metadata.version(name) for name in names},
+    }
+
+
+def main():
+    """Run every measurement the command line asks for; write the outputs."""
+    arguments = parse_arguments()
+    quick = arguments.quick
+    arguments.rounds = arguments.rounds or (3 if quick else 15)
+    arguments.requests = arguments.requests or (20 if quick else 200)
+    arguments.seconds = arguments.seconds or (1 if quick else 5)
+    # A safety cap: each level ends by its duration long before.
+    arguments.requests_under_load = 200_000
+    if not arguments.no_load and find_wrk() is None:
+        raise SystemExit("the load test needs wrk: apt-get install wrk (or --no-load)")
+
+    results = {"versions": versions(), "quick": quick, "backends": []}
+    with tempfile.TemporaryDirectory() as folder:
+        url = f"sqlite:///{folder}/bench.sqlite"
+        results["backends"].append(measure("sqlite", url, arguments))
+    if arguments.postgres_url:
+        results["backends"].append(
+            measure("postgresql", arguments.postgres_url, arguments)
+        )
+    elif not arguments.no_postgres and (bindir := find_binaries()) is not None:
+        cluster = Cluster(bindir, free_port())
+        try:
+            results["backends"].append(
+                measure("postgresql", cluster.create_database("bench"), arguments)
+            )
+        finally:
+            cluster.destroy()
+
+    out = pathlib.Path(arguments.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(report.markdown(results))
+    report.chart(results, out / "results.png")
+    for name in ("results.md", "results.json", "results.png"):
+        print(out / name)
+
+
+if __name__ == "__main__":
+    main()

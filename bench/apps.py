@@ -1,0 +1,203 @@
+"""The cases: apps that answer ``GET /messages/<id>`` with the same JSON.
+
+Each returns the same columns of the same row. Step 4's engine options are
+the options of every case that compares itself with step 4.
+"""
+
+from flask import Flask
+from flask import abort
+from sqlalchemy import create_engine
+from sqlalchemy import select
+from sqlalchemy.orm import scoped_session
+from sqlalchemy.orm import sessionmaker
+from sqlalchemy.pool import NullPool
+
+import step01_engine
+import step02_session
+import step03_teardown
+import step04_pooling
+from step04_pooling.db import POOL_DEFAULTS
+from step04_pooling.models import Message
+
+STEPS = {
+    "step01_engine": step01_engine,
+    "step02_session": step02_session,
+    "step03_teardown": step03_teardown,
+    "step04_pooling": step04_pooling,
+}
+
+
+def prepare_database(url):
+    """Create the table and one message; return the path that reads it."""
+    app = step04_pooling.create_app({"DATABASE_URL": url})
+    assert app.test_cli_runner().invoke(args=["init-db"]).exit_code == 0
+    response = app.test_client().post("/messages", json={"text": "benchmarked"})
+    app.extensions["engine"].dispose()
+    return response.headers["Location"]
+
+
+def no_database(url, message):
+    """Flask alone: the same JSON, from memory."""
+    app = Flask("no_database")
+
+    @app.get("/messages/<int:message_id>")
+    def get_message(message_id):
+        return message
+
+    return app
+
+
+def pooled_core_query(url, message):
+    """Flask and a pooled Core query, nothing else."""
+    engine = create_engine(url, **POOL_DEFAULTS)
+    table = Message.__table__
+    app = Flask("pooled_core_query")
+
+    @app.get("/messages/<int:message_id>")
+    def get_message(message_id):
+        with engine.connect() as connection:
+            row = connection.execute(
+                select(table).where(table.c.id == message_id)
+            ).one_or_none()
+        if row is None:
+            abort(404)
+        return Message(**row._asdict()).to_dict()
+
+    return app
+
+
+def step(name):
+    """A step's own app, with its own settings."""
+
+    def make(url, message):
+        return STEPS[name].create_app({"DATABASE_URL": url})
+
+    make.__doc__ = f"{name} as it is."
+    return make
+
+
+def step04_without_pre_ping(url, message):
+    """Step 4 with pool_pre_ping off."""
+    return step04_pooling.create_app(
+        {"DATABASE_URL": url, "ENGINE_OPTIONS": {"pool_pre_ping": False}}
+    )
+
+
+def bare_scoped_session(url, message, **engine_options):
+    """The article's technique in ten lines, with step 4's engine options."""
+    engine = create_engine(url, **(engine_options or POOL_DEFAULTS))
+    session = scoped_session(sessionmaker(bind=engine))
+    app = Flask("bare_scoped_session")
+    app.teardown_appcontext(lambda exception: session.remove())
+
+    @app.get("/messages/<int:message_id>")
+    def get_message(message_id):
+        found = session.get(Message, message_id)
+        if found is None:
+            abort(404)
+        return found.to_dict()
+
+    app.extensions["engine"] = engine
+    return app
+
+
+def flask_sqlalchemy(url, message):
+    """Flask-SQLAlchemy 3.1: the same model and query, step 4's engine options."""
+    from flask_sqlalchemy import SQLAlchemy
+
+    app = Flask("flask_sqlalchemy")
+    app.config["SQLALCHEMY_DATABASE_URI"] = url
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = POOL_DEFAULTS
+    db = SQLAlchemy(app)
+
+    @app.get("/messages/<int:message_id>")
+    def get_message(message_id):
+        return db.get_or_404(Message, message_id).to_dict()
+
+    return app
+
+
+def flask_sqlalchemy_lite(url, message):
+    """Flask-SQLAlchemy-Lite: the same model and query, step 4's engine options."""
+    from flask_sqlalchemy_lite import SQLAlchemy
+
+    app = Flask("flask_sqlalchemy_lite")
+    app.config["SQLALCHEMY_ENGINES"] = {"default": {"url": url, **POOL_DEFAULTS}}
+    db = SQLAlchemy(app)
+
+    @app.get("/messages/<int:message_id>")
+    def get_message(message_id):
+        return db.get_or_abort(Message, message_id).to_dict()
+
+    return app
+
+
+def lite_without_async_teardown(url, message):
+    """Flask-SQLAlchemy-Lite with its async teardown taken out: where its cost is."""
+    app = flask_sqlalchemy_lite(url, message)
+    # The extension registers an async teardown function for async sessions;
+    # Flask runs it through asgiref's async_to_sync, a thread, on every
+    # request, even when no async session exists.
+    app.teardown_appcontext_funcs[:] = [
+        function
+        for function in app.teardown_appcontext_funcs
+        if function.__name__ != "_close_async_sessions"
+    ]
+    return app
+
+
+def engine_per_request(url, message):
+    """Anti-pattern: a new engine, and so a new connection, for every request."""
+    app = Flask("engine_per_request")
+
+    @app.get("/messages/<int:message_id>")
+    def get_message(message_id):
+        engine = create_engine(url)
+        try:
+            with sessionmaker(bind=engine)() as session:
+                found = session.get(Message, message_id)
+                if found is None:
+                    abort(404)
+                return found.to_dict()
+        finally:
+            engine.dispose()
+
+    return app
+
+
+def dispose_per_request(url, message):
+    """Anti-pattern: ``engine.dispose()`` after every request."""
+    app = bare_scoped_session(url, message)
+
+    @app.after_request
+    def dispose(response):
+        app.extensions["engine"].dispose()
+        return response
+
+    return app
+
+
+def null_pool(url, message):
+    """Anti-pattern: no pool at all, a connection opened per checkout."""
+    return bare_scoped_session(url, message, poolclass=NullPool)
+
+
+CASES = {
+    "Flask, no database": no_database,
+    "Flask + pooled Core query": pooled_core_query,
+    "step01_engine": step("step01_engine"),
+    "step02_session": step("step02_session"),
+    "step03_teardown": step("step03_teardown"),
+    "step04_pooling": step("step04_pooling"),
+    "step04, pre-ping off": step04_without_pre_ping,
+    "bare scoped_session": bare_scoped_session,
+    "Flask-SQLAlchemy 3.1": flask_sqlalchemy,
+    "Flask-SQLAlchemy-Lite": flask_sqlalchemy_lite,
+    "Flask-SQLAlchemy-Lite, no async teardown": lite_without_async_teardown,
+    "create_engine() per request": engine_per_request,
+    "dispose() per request": dispose_per_request,
+    "NullPool": null_pool,
+}
+
+# The ratios are to step 4.
+BASELINE = "step04_pooling"

@@ -1,0 +1,202 @@
+"""Step 4 under load: gunicorn on loopback, driven by wrk, watched on the server."""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import requests
+from sqlalchemy import create_engine
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+from step04_pooling.db import POOL_DEFAULTS
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+# wrk stops each thread after its share of the requests, and reports as JSON.
+# The count is a safety cap; each level is meant to end by its duration,
+# which is what requests per second divides by.
+BOUNDED_SCRIPT = pathlib.Path(__file__).with_name("bounded.lua")
+HOW_TO_GET_WRK = "the load test needs wrk: apt-get install wrk"
+
+
+def find_wrk():
+    """Return the path of wrk, or None."""
+    return shutil.which("wrk")
+
+
+class Gunicorn:
+    """Step 4's wsgi.py under gunicorn on a loopback port."""
+
+    def __init__(self, database_url, port, workers, threads, preload=True):
+        self.url = f"http://127.0.0.1:{port}"
+        command = [
+            *(sys.executable, "-m", "gunicorn", "--workers", str(workers)),
+            *("--threads", str(threads), "--bind", f"127.0.0.1:{port}"),
+            # No access log: the load test counts the answers itself.
+            "--log-level",
+            "warning",
+        ]
+        if preload:
+            command.append("--preload")
+        self.process = subprocess.Popen(
+            [*command, "step04_pooling.wsgi:app"],
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": tagged(database_url)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError("gunicorn exited")
+            try:
+                requests.get(self.url + "/pool", timeout=1)
+                break
+            except requests.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self):
+        """Stop gunicorn and its workers."""
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+# The name the load test's connections give PostgreSQL, so that the watcher
+# counts theirs alone.
+APPLICATION_NAME = "step04-under-load"
+
+
+def tagged(database_url):
+    """Name the load test's connections, on PostgreSQL."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "postgresql":
+        return database_url
+    return url.update_query_dict(
+        {"application_name": APPLICATION_NAME}
+    ).render_as_string(hide_password=False)
+
+
+class ConnectionWatcher:
+    """Sample how many connections the load test's server processes hold."""
+
+    def __init__(self, database_url, interval=0.02):
+        url = make_url(database_url)
+        self.engine = create_engine(
+            url.set(database="postgres"),
+            poolclass=NullPool,
+            isolation_level="AUTOCOMMIT",
+        )
+        self.database = url.database
+        self.interval = interval
+        self.most = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        self._thread.join()
+        self.engine.dispose()
+
+    def _watch(self):
+        query = text(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = :name AND application_name = :application"
+        )
+        parameters = {"name": self.database, "application": APPLICATION_NAME}
+        with self.engine.connect() as connection:
+            while not self._stop.is_set():
+                count = connection.execute(query, parameters).scalar()
+                self.most = max(self.most, count)
+                time.sleep(self.interval)
+
+
+def run_wrk(wrk, url, connections, seconds, requests_at_most):
+    """Drive a URL with wrk; return its summary."""
+    threads = min(connections, 2)
+    completed = subprocess.run(
+        [
+            *(wrk, "--threads", str(threads), "--connections", str(connections)),
+            *("--duration", f"{seconds}s", "--timeout", "10s"),
+            *("--script", str(BOUNDED_SCRIPT), url),
+        ],
+        env={
+            **os.environ,
+            "WRK_REQUESTS_PER_THREAD": str(max(1, requests_at_most // threads)),
+        },
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 60,
+    )
+    line = completed.stdout.strip().splitlines()[-1]
+    return json.loads(line)
+
+
+def load_test(
+    database_url,
+    path,
+    concurrencies,
+    seconds,
+    requests_at_most,
+    port,
+    workers=2,
+    threads=4,
+):
+    """Run step 4 under gunicorn and wrk at each concurrency; return the rows."""
+    wrk = find_wrk()
+    if wrk is None:
+        raise SystemExit(HOW_TO_GET_WRK)
+    on_postgresql = make_url(database_url).get_backend_name() == "postgresql"
+    server = Gunicorn(database_url, port, workers, threads)
+    rows = []
+    try:
+        for connections in concurrencies:
+            if on_postgresql:
+                with ConnectionWatcher(database_url) as watcher:
+                    summary = run_wrk(
+                        wrk, server.url + path, connections, seconds, requests_at_most
+                    )
+                most_connections = watcher.most
+            else:
+                summary = run_wrk(
+                    wrk, server.url + path, connections, seconds, requests_at_most
+                )
+                most_connections = None
+            rows.append(
+                {
+                    "concurrency": connections,
+                    "requests": summary["requests"],
+                    # Stopped by the cap rather than the clock: the rate is
+                    # then too low.
+                    "capped": summary["requests"] >= requests_at_most,
+                    "requests per second": round(
+                        summary["requests"] / (summary["duration_us"] / 1e6)
+                    ),
+                    "p50 ms": round(summary["p50_us"] / 1000, 2),
+                    "p99 ms": round(summary["p99_us"] / 1000, 2),
+                    "errors": summary["errors"],
+                    "most server connections": most_connections,
+                }
+            )
+    finally:
+        server.stop()
+    limit = workers * (POOL_DEFAULTS["pool_size"] + POOL_DEFAULTS["max_overflow"])
+    return {
+        "workers": workers,
+        "threads": threads,
+        # Each worker's pool, and the master's one connection from wsgi.py.
+        "server connections allowed": limit + 1,
+        "rows": rows,
+    }

@@ -1,0 +1,43 @@
+"""The benchmark runs and writes its three outputs (its numbers are not checked)."""
+
+import json
+import subprocess
+import sys
+
+from bench.apps import CASES  # noqa: I001
+from bench.load import HOW_TO_GET_WRK
+from bench.load import find_wrk
+
+from .conftest import skip_or_fail
+from .postgres import HOW_TO_GET_POSTGRES
+from .postgres import find_binaries
+from .support import ROOT
+
+
+def test_the_quick_benchmark_writes_a_table_json_and_a_chart(tmp_path):
+    if find_binaries() is None:
+        skip_or_fail(HOW_TO_GET_POSTGRES)
+    if find_wrk() is None:
+        skip_or_fail(HOW_TO_GET_WRK)
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [backend["backend"] for backend in results["backends"]] == [
+        "sqlite",
+        "postgresql",
+    ]
+    table = (tmp_path / "results.md").read_text()
+    for backend in results["backends"]:
+        assert list(backend["in_process"]) == list(CASES)
+        assert [row["concurrency"] for row in backend["load"]["rows"]] == [1, 8, 32, 64]
+    for name in CASES:
+        assert f"| {name} |" in table
+    assert (tmp_path / "results.png").read_bytes().startswith(b"\x89PNG\r\n")
