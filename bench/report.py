@@ -80,6 +80,8 @@ def table(rows):
 def _cell(value):
     if value is None:
         return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
@@ -91,7 +93,7 @@ def markdown(results):
         f"{name} {value}" for name, value in results["versions"].items()
     )
     parts = [
-        "# Benchmark results\n",
+        "# Benchmark results\n\n",
         f"Measured with {versions}."
         + (
             " A --quick run: too short to read anything into."

@@ -1,6 +1,7 @@
 """The contract every step keeps: the JSON API, its errors, /pool and the page."""
 
 import importlib
+import logging
 import os
 import re
 from datetime import UTC
@@ -15,6 +16,7 @@ from sqlalchemy.engine import make_url
 from .support import STEPS
 from .support import delete_elsewhere_before
 from .support import import_step
+from .support import lose_connection_before
 from .support import pool_status
 
 
@@ -211,6 +213,34 @@ def test_routing_errors_are_json_too(client, method, path, status):
     assert response.status_code == status
     assert response.is_json
     assert response.get_json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "statement"),
+    [
+        ("get", "/messages", None, "SELECT"),
+        ("get", "/messages/1", None, "SELECT"),
+        ("post", "/messages", {"text": "lost"}, "INSERT"),
+        ("patch", "/messages/1", {"text": "lost"}, "UPDATE"),
+        ("delete", "/messages/1", None, "DELETE"),
+    ],
+)
+def test_a_connection_lost_mid_request_is_a_json_503_with_its_traceback_logged(
+    client, caplog, method, path, body, statement
+):
+    create(client, "first")
+    lose_connection_before(client.application.extensions["engine"], statement)
+
+    with caplog.at_level(logging.WARNING, logger=client.application.name):
+        response = getattr(client, method)(path, json=body)
+
+    assert response.status_code == 503
+    assert response.get_json()["error"].startswith("database unavailable (")
+    [record] = [r for r in caplog.records if r.name == client.application.name]
+    assert record.getMessage() == "database unavailable"
+    # The traceback goes to the log, not to the client.
+    assert record.exc_info is not None
+    assert "Traceback" not in response.get_data(as_text=True)
 
 
 def test_pool_shows_the_pool_the_process_and_the_database(client, database_url):
@@ -428,6 +458,7 @@ def test_when_the_database_fails_the_page_still_answers_with_its_panel(step):
     html = page.get_data(as_text=True)
     assert '<p id="database-error" role="alert">' in html
     assert "database unavailable (OperationalError)" in html
+    assert "The messages could not be read." in html
     assert '<section id="pool">' in html
     # The JSON API keeps its JSON errors.
     assert api.status_code == 503

@@ -1,5 +1,6 @@
 """What the README quotes and promises is what the repository holds."""
 
+import json
 import re
 
 import pytest
@@ -44,3 +45,43 @@ def test_every_test_the_readme_names_exists():
     assert named
     for name in named:
         assert f"def {name}(" in test_sources, name
+
+
+# "step04_pooling/db.py:53` `app.teardown_appcontext(remove_session)": a line
+# of a step, and the code the README says is on it.
+LINE_REFERENCES = re.findall(r"`(step\d\d_\w+/[\w/]+\.py):(\d+)` `([^`]+)`", README)
+
+
+def test_the_readme_has_line_references():
+    assert len(LINE_REFERENCES) >= 7
+
+
+@pytest.mark.parametrize(
+    ("path", "line", "code"),
+    LINE_REFERENCES,
+    ids=[f"{path}:{line}" for path, line, _ in LINE_REFERENCES],
+)
+def test_each_line_the_readme_points_at_holds_the_code_it_names(path, line, code):
+    lines = (ROOT / path).read_text().splitlines()
+
+    assert code in lines[int(line) - 1]
+
+
+def test_the_readmes_benchmark_table_is_the_reference_run():
+    results = json.loads((ROOT / "bench" / "results" / "results.json").read_text())
+    by_backend = {
+        backend["backend"]: backend["in_process"] for backend in results["backends"]
+    }
+    rows = re.findall(
+        r"^\| ([^|]+?) \| (\d+) \| ([\d.]+) \| (\d+) \| ([\d.]+) \|$", README, re.M
+    )
+
+    assert [name for name, *_ in rows] == list(by_backend["sqlite"])
+    for name, sqlite_us, sqlite_ratio, postgres_us, postgres_ratio in rows:
+        for backend, microseconds, ratio in [
+            ("sqlite", sqlite_us, sqlite_ratio),
+            ("postgresql", postgres_us, postgres_ratio),
+        ]:
+            measured = by_backend[backend][name]
+            assert measured["µs per request"] == int(microseconds), (backend, name)
+            assert measured["ratio"] == float(ratio), (backend, name)

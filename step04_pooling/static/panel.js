@@ -6,8 +6,9 @@ const script = document.getElementById("panel-script");
 const poolUrl = script.dataset.poolUrl;
 const messagesUrl = script.dataset.messagesUrl;
 
-// Drawn in this order: checked out last, on top of the others.
-const SERIES = ["connects", "overflow", "checked_out"];
+// Drawn in this order: connects, thin and dashed, last, so that it shows
+// even where it lies on checked out.
+const SERIES = ["checked_out", "overflow", "connects"];
 const WINDOW_SECONDS = 60;
 const samples = [];
 let heldBefore = false;

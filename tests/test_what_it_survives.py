@@ -1,0 +1,150 @@
+"""What the steps survive: mixed concurrent load, SQLite's locks, lost connections.
+
+Step 2 sits out the load test: without teardown, 16 long-lived threads keep
+16 connections, one more than its pool holds, and the rest is step 2's own
+lesson (tests/test_step02_session.py).
+"""
+
+import random
+import sqlite3
+import threading
+
+import pytest
+from sqlalchemy import event
+
+from .support import STEPS
+from .support import pool_status
+from .support import run_in_new_thread
+from .support import steps_from
+
+THREADS = 16
+REQUESTS_PER_THREAD = 150
+STEPS_UNDER_LOAD = ["step01_engine", *steps_from("step03_teardown")]
+
+# Bodies no step may store: each answers 4xx and changes nothing.
+BAD_REQUESTS = [
+    ("post", "/messages", {"json": {"text": ""}}),
+    ("post", "/messages", {"json": {"text": "x" * 501}}),
+    ("post", "/messages", {"json": {"text": "a\x00b"}}),
+    ("post", "/messages", {"json": {"text": "\ud800"}}),
+    ("post", "/messages", {"json": {"text": 42}}),
+    ("post", "/messages", {"json": ["text"]}),
+    ("post", "/messages", {"data": "{not json", "content_type": "application/json"}),
+    ("post", "/messages", {"data": "text=hi"}),
+    ("patch", "/messages/2147483648", {"json": {"text": "too far"}}),
+    ("get", "/messages/0", {}),
+    ("delete", "/messages/-1", {}),
+]
+
+
+def mixed_load(app, seed):
+    """Send creates, reads, updates, deletes and bad requests from one thread.
+
+    Return what this thread changed: the messages it created and still
+    holds, with the text each has now, the creates and deletes that
+    succeeded, and every status it got.
+    """
+    rng = random.Random(seed)
+    client = app.test_client()
+    mine = {}
+    counts = {"created": 0, "deleted": 0, "statuses": []}
+    for number in range(REQUESTS_PER_THREAD):
+        choice = rng.random()
+        if choice < 0.3 or not mine:
+            text = f"thread {seed}, message {number}"
+            response = client.post("/messages", json={"text": text})
+            if response.status_code == 201:
+                mine[response.get_json()["id"]] = text
+                counts["created"] += 1
+        elif choice < 0.5:
+            message_id = rng.choice(list(mine))
+            text = f"thread {seed}, update {number}"
+            response = client.patch(f"/messages/{message_id}", json={"text": text})
+            if response.status_code == 200:
+                mine[message_id] = text
+        elif choice < 0.6:
+            message_id = rng.choice(list(mine))
+            response = client.delete(f"/messages/{message_id}")
+            if response.status_code == 204:
+                del mine[message_id]
+                counts["deleted"] += 1
+        elif choice < 0.8:
+            response = client.get(rng.choice(["/messages", "/pool", "/"]))
+        else:
+            method, path, arguments = rng.choice(BAD_REQUESTS)
+            response = getattr(client, method)(path, **arguments)
+            assert 400 <= response.status_code < 500, response.get_data(as_text=True)
+        counts["statuses"].append(response.status_code)
+    return mine, counts
+
+
+@pytest.mark.parametrize("step", STEPS_UNDER_LOAD)
+def test_mixed_concurrent_load_loses_nothing_and_answers_no_5xx(step, make_app):
+    app = make_app(step)
+    outcomes = [None] * THREADS
+
+    def work(number):
+        outcomes[number] = mixed_load(app, seed=number)
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(THREADS)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    statuses = [status for _, counts in outcomes for status in counts["statuses"]]
+    assert len(statuses) == THREADS * REQUESTS_PER_THREAD
+    assert [status for status in statuses if status >= 500] == []
+    expected = {}
+    for mine, _ in outcomes:
+        expected.update(mine)
+    created = sum(counts["created"] for _, counts in outcomes)
+    deleted = sum(counts["deleted"] for _, counts in outcomes)
+    client = app.test_client()
+    stored = {
+        message["id"]: message["text"] for message in client.get("/messages").json
+    }
+    # Nothing lost, nothing doubled, every update kept.
+    assert len(stored) == created - deleted
+    assert stored == expected
+    assert pool_status(client)["checked_out"] == 0
+
+
+# SQLite's locks are SQLite's alone.
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize("step", STEPS)
+def test_sqlite_waits_for_a_lock_for_five_seconds_by_default(step, make_app):
+    app = make_app(step)
+    busy_timeouts = []
+
+    @event.listens_for(app.extensions["engine"], "connect")
+    def read_busy_timeout(dbapi_connection, connection_record):
+        busy_timeouts.append(dbapi_connection.execute("PRAGMA busy_timeout").fetchone())
+
+    assert app.test_client().get("/messages").status_code == 200
+    # Python's sqlite3 sets SQLite's busy timeout from its timeout argument.
+    assert busy_timeouts == [(5000,)]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize("step", STEPS)
+def test_a_write_lock_held_past_the_busy_timeout_answers_503_not_500(
+    step, make_app, database_url
+):
+    # A short wait, so that the test need not hold the lock for five seconds.
+    app = make_app(step, engine_options={"connect_args": {"timeout": 0.2}})
+    client = app.test_client()
+    other_process = sqlite3.connect(database_url.removeprefix("sqlite:///"))
+    other_process.execute("BEGIN IMMEDIATE")
+    try:
+        locked = client.post("/messages", json={"text": "waits"})
+    finally:
+        other_process.rollback()
+        other_process.close()
+
+    assert locked.status_code == 503
+    assert "database is locked" in locked.get_json()["error"]
+    # Once the lock is gone, writes go through (from a new thread, as step 2
+    # leaves the failed Session to this one).
+    after = run_in_new_thread(lambda: client.post("/messages", json={"text": "after"}))
+    assert after.status_code == 201
