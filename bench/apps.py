@@ -36,34 +36,41 @@ def prepare_database(url):
     return response.headers["Location"]
 
 
+def answer_messages(app, find):
+    """Route ``GET /messages/<id>`` to ``find(id)``, which returns the JSON."""
+    app.add_url_rule(
+        "/messages/<int:message_id>",
+        "get_message",
+        lambda message_id: find(message_id),
+    )
+    return app
+
+
+def found_or_404(message):
+    """Return a message as the API shows it, or abort with 404."""
+    if message is None:
+        abort(404)
+    return message.to_dict()
+
+
 def no_database(url, message):
     """Flask alone: the same JSON, from memory."""
-    app = Flask("no_database")
-
-    @app.get("/messages/<int:message_id>")
-    def get_message(message_id):
-        return message
-
-    return app
+    return answer_messages(Flask("no_database"), lambda message_id: message)
 
 
 def pooled_core_query(url, message):
     """Flask and a pooled Core query, nothing else."""
     engine = create_engine(url, **POOL_DEFAULTS)
     table = Message.__table__
-    app = Flask("pooled_core_query")
 
-    @app.get("/messages/<int:message_id>")
-    def get_message(message_id):
+    def find(message_id):
         with engine.connect() as connection:
             row = connection.execute(
                 select(table).where(table.c.id == message_id)
             ).one_or_none()
-        if row is None:
-            abort(404)
-        return Message(**row._asdict()).to_dict()
+        return found_or_404(None if row is None else Message(**row._asdict()))
 
-    return app
+    return answer_messages(Flask("pooled_core_query"), find)
 
 
 def step(name):
@@ -89,16 +96,10 @@ def bare_scoped_session(url, message, **engine_options):
     session = scoped_session(sessionmaker(bind=engine))
     app = Flask("bare_scoped_session")
     app.teardown_appcontext(lambda exception: session.remove())
-
-    @app.get("/messages/<int:message_id>")
-    def get_message(message_id):
-        found = session.get(Message, message_id)
-        if found is None:
-            abort(404)
-        return found.to_dict()
-
     app.extensions["engine"] = engine
-    return app
+    return answer_messages(
+        app, lambda message_id: found_or_404(session.get(Message, message_id))
+    )
 
 
 def flask_sqlalchemy(url, message):
@@ -109,12 +110,9 @@ def flask_sqlalchemy(url, message):
     app.config["SQLALCHEMY_DATABASE_URI"] = url
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = POOL_DEFAULTS
     db = SQLAlchemy(app)
-
-    @app.get("/messages/<int:message_id>")
-    def get_message(message_id):
-        return db.get_or_404(Message, message_id).to_dict()
-
-    return app
+    return answer_messages(
+        app, lambda message_id: db.get_or_404(Message, message_id).to_dict()
+    )
 
 
 def flask_sqlalchemy_lite(url, message):
@@ -124,12 +122,9 @@ def flask_sqlalchemy_lite(url, message):
     app = Flask("flask_sqlalchemy_lite")
     app.config["SQLALCHEMY_ENGINES"] = {"default": {"url": url, **POOL_DEFAULTS}}
     db = SQLAlchemy(app)
-
-    @app.get("/messages/<int:message_id>")
-    def get_message(message_id):
-        return db.get_or_abort(Message, message_id).to_dict()
-
-    return app
+    return answer_messages(
+        app, lambda message_id: db.get_or_abort(Message, message_id).to_dict()
+    )
 
 
 def lite_without_async_teardown(url, message):
@@ -148,21 +143,16 @@ def lite_without_async_teardown(url, message):
 
 def engine_per_request(url, message):
     """Anti-pattern: a new engine, and so a new connection, for every request."""
-    app = Flask("engine_per_request")
 
-    @app.get("/messages/<int:message_id>")
-    def get_message(message_id):
+    def find(message_id):
         engine = create_engine(url)
         try:
             with sessionmaker(bind=engine)() as session:
-                found = session.get(Message, message_id)
-                if found is None:
-                    abort(404)
-                return found.to_dict()
+                return found_or_404(session.get(Message, message_id))
         finally:
             engine.dispose()
 
-    return app
+    return answer_messages(Flask("engine_per_request"), find)
 
 
 def dispose_per_request(url, message):

@@ -7,8 +7,8 @@ here only sets the stage and draws.
 
 import atexit
 import html
-import json
 import logging
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -284,29 +284,27 @@ def tag_connections(app):
 
 
 def in_forked_child(function):
-    """Run ``function`` in a forked child process and return its result.
+    """Run ``function`` in a child process made by ``fork()``; return its result.
 
-    The result travels back as JSON through a pipe; the child then leaves at
-    once with ``os._exit``, running no cleanup of the parent's objects.
+    multiprocessing's fork context forks as gunicorn --preload does, so the
+    step's at-fork hooks run; the result comes back through a pipe.
     """
-    read_end, write_end = os.pipe()
+    parent_end, child_end = multiprocessing.Pipe()
+
+    def run_and_send():
+        try:
+            child_end.send(("result", function()))
+        except Exception as error:
+            child_end.send(("error", repr(error)))
+
     with warnings.catch_warnings():
         # Python 3.12+ warns that the kernel's own threads do not follow
         # into the child; the child here only runs ``function`` and exits.
         warnings.filterwarnings("ignore", "This process .* is multi-threaded")
-        pid = os.fork()
-    if pid == 0:
-        try:
-            report = {"result": function()}
-        except BaseException as error:
-            report = {"error": repr(error)}
-        try:
-            os.write(write_end, json.dumps(report).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as reader:
-        report = json.loads(reader.read())
-    os.waitpid(pid, 0)
-    assert "error" not in report, f"in the forked child: {report['error']}"
-    return report["result"]
+        child = multiprocessing.get_context("fork").Process(target=run_and_send)
+        child.start()
+    assert parent_end.poll(60), "the forked child sent nothing within 60 s"
+    kind, value = parent_end.recv()
+    child.join()
+    assert kind == "result", f"in the forked child: {value}"
+    return value
