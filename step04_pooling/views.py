@@ -26,6 +26,13 @@ bp = Blueprint("messages", __name__)
 MESSAGE_ID = "<int:message_id>"
 # The largest id an INTEGER column holds on every database.
 MAX_MESSAGE_ID = 2**31 - 1
+# Every step package beside this one, for the page's navigation: found on
+# disk once, rather than imported, since no step depends on another.
+ALL_STEPS = sorted(
+    path.name
+    for path in pathlib.Path(__file__).resolve().parent.parent.glob("step[0-9][0-9]_*")
+    if (path / "__init__.py").is_file()
+)
 
 
 @bp.url_value_preprocessor
@@ -50,19 +57,8 @@ def render_page(messages, database_error=None):
         "index.html",
         messages=messages,
         database_error=database_error,
-        steps=all_steps(),
+        steps=ALL_STEPS,
         this_step=__package__,
-    )
-
-
-def all_steps():
-    """Name every step package beside this one, for the page's navigation."""
-    # Found on disk rather than imported: no step depends on another.
-    here = pathlib.Path(__file__).resolve().parent
-    return sorted(
-        path.name
-        for path in here.parent.glob("step[0-9][0-9]_*")
-        if (path / "__init__.py").is_file()
     )
 
 

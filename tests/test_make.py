@@ -6,6 +6,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 import requests
 
 from .conftest import skip_or_fail
@@ -15,7 +16,12 @@ from .support import ROOT
 from .support import free_port
 
 
-def test_make_run_db_postgresql_serves_the_step_on_a_throwaway_server(tmp_path):
+# Ctrl-C in a terminal sends SIGINT to the whole foreground group; kill and
+# closing the terminal, SIGTERM.
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_make_run_db_postgresql_serves_the_step_on_a_throwaway_server(
+    tmp_path, stop_signal
+):
     if find_binaries() is None:
         skip_or_fail(HOW_TO_GET_POSTGRES)
     port = free_port()
@@ -43,7 +49,7 @@ def test_make_run_db_postgresql_serves_the_step_on_a_throwaway_server(tmp_path):
         created = requests.post(url + "/messages", json={"text": "on PostgreSQL"})
         listed = requests.get(url + "/messages", timeout=10).json()
     finally:
-        os.killpg(make.pid, signal.SIGTERM)
+        os.killpg(make.pid, stop_signal)
         make.wait(timeout=60)
 
     assert pool["url"].startswith("postgresql+psycopg://postgres@127.0.0.1:")

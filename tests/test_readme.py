@@ -1,5 +1,6 @@
 """What the README quotes and promises is what the repository holds."""
 
+import importlib
 import json
 import re
 
@@ -9,6 +10,7 @@ from .support import ROOT
 from .support import STEPS
 
 README = (ROOT / "README.md").read_text()
+NUMBERS = {11: "eleven", 12: "twelve", 10: "ten"}
 
 # A quoted block names its source on its first line: "# step03_teardown/db.py".
 QUOTED_BLOCK = re.compile(r"```python\n# (step\d\d_\w+/[\w/]+\.py)\n(.*?)```", re.S)
@@ -85,3 +87,33 @@ def test_the_readmes_benchmark_table_is_the_reference_run():
             measured = by_backend[backend][name]
             assert measured["µs per request"] == int(microseconds), (backend, name)
             assert measured["ratio"] == float(ratio), (backend, name)
+
+
+def test_the_survival_figures_are_those_of_the_tests():
+    survival = importlib.import_module("tests.test_what_it_survives")
+    requests = survival.THREADS * survival.REQUESTS_PER_THREAD
+    total = requests * len(survival.STEPS_UNDER_LOAD) * 2
+
+    assert (
+        f"{survival.THREADS} threads, each sending {survival.REQUESTS_PER_THREAD}"
+        in (" ".join(README.split()))
+    )
+    assert f"a bad request of {NUMBERS[len(survival.BAD_REQUESTS)]} kinds" in (
+        " ".join(README.split())
+    )
+    assert f"{total:,} requests in all" in README
+
+
+def test_the_load_figures_are_those_of_the_reference_run():
+    results = json.loads((ROOT / "bench" / "results" / "results.json").read_text())
+    [postgresql] = [b for b in results["backends"] if b["backend"] == "postgresql"]
+    load = postgresql["load"]
+    text = " ".join(README.split())
+
+    most = max(row["most server connections"] for row in load["rows"])
+    assert f"never saw more than {most} connections" in text
+    assert f"against the {load['server connections allowed']} its settings" in text
+    assert all(row["errors"] == 0 for row in load["rows"])
+    p99 = {row["concurrency"]: row["p99 ms"] for row in load["rows"]}
+    assert f"({round(p99[64])} ms at 64 connections)" in text
+    assert f"one outlier of {round(p99[8])} ms at 8" in text

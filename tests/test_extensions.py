@@ -1,0 +1,164 @@
+"""What the README says Flask-SQLAlchemy and Flask-SQLAlchemy-Lite do, checked.
+
+"Do you need Flask-SQLAlchemy?" compares this repository with the two
+extensions; each claim it makes about them is asserted here, against the
+versions the project installs for its benchmark.
+"""
+
+import inspect
+
+import pytest
+from flask import Flask
+from sqlalchemy import event
+from sqlalchemy import text
+from sqlalchemy.pool import StaticPool
+
+from .support import in_forked_child
+
+flask_sqlalchemy = pytest.importorskip("flask_sqlalchemy")
+record_queries = pytest.importorskip("flask_sqlalchemy.record_queries")
+flask_sqlalchemy_lite = pytest.importorskip("flask_sqlalchemy_lite")
+
+
+def make_flask_sqlalchemy(url):
+    """Return an app with Flask-SQLAlchemy on the database, and its extension."""
+    app = Flask("with_flask_sqlalchemy")
+    app.config["SQLALCHEMY_DATABASE_URI"] = url
+    return app, flask_sqlalchemy.SQLAlchemy(app)
+
+
+def make_flask_sqlalchemy_lite(url):
+    """Return an app with Flask-SQLAlchemy-Lite on the database, and its extension."""
+    app = Flask("with_flask_sqlalchemy_lite")
+    app.config["SQLALCHEMY_ENGINES"] = {"default": url}
+    return app, flask_sqlalchemy_lite.SQLAlchemy(app)
+
+
+EXTENSIONS = [make_flask_sqlalchemy, make_flask_sqlalchemy_lite]
+
+
+@pytest.fixture
+def url(tmp_path):
+    """Return the URL of a SQLite file of the test's own."""
+    return f"sqlite:///{tmp_path / 'extension.sqlite'}"
+
+
+@pytest.mark.parametrize("make", EXTENSIONS)
+def test_each_app_context_gets_its_own_session_released_at_teardown(make, url):
+    app, db = make(url)
+
+    def current_session():
+        # Flask-SQLAlchemy's db.session is its scoped_session registry;
+        # Flask-SQLAlchemy-Lite's is the Session itself.
+        session = db.session
+        return session() if callable(session) else session
+
+    with app.app_context():
+        outer = current_session()
+        outer.execute(text("SELECT 1"))
+        with app.app_context():
+            inner = current_session()
+        assert current_session() is outer
+        engine = db.engine
+
+    assert inner is not outer
+    # teardown_appcontext gave the connection back.
+    assert engine.pool.checkedout() == 0
+
+
+def test_flask_sqlalchemy_keys_a_scoped_session_by_the_app_contexts_id(url):
+    app, db = make_flask_sqlalchemy(url)
+
+    assert db.session.registry.scopefunc is flask_sqlalchemy.session._app_ctx_id
+
+
+@pytest.mark.parametrize("make", EXTENSIONS)
+def test_no_pool_defaults_of_their_own(make, url):
+    app, db = make(url)
+
+    with app.app_context():
+        pool = db.engine.pool
+
+    assert pool.size() == 5
+    assert pool.timeout() == 30
+    assert pool._pre_ping is False
+    assert pool._recycle == -1
+
+
+@pytest.mark.parametrize("make", EXTENSIONS)
+def test_driver_defaults_for_sqlite(make, tmp_path):
+    memory_app, memory_db = make("sqlite://")
+    relative_app, relative_db = make("sqlite:///relative.sqlite")
+    relative_app.instance_path = str(tmp_path)
+
+    with memory_app.app_context():
+        assert isinstance(memory_db.engine.pool, StaticPool)
+    with relative_app.app_context():
+        database = relative_db.engine.url.database
+    # A relative path lands in the app's instance folder.
+    assert database.endswith("/instance/relative.sqlite")
+
+
+@pytest.mark.parametrize("make", EXTENSIONS)
+def test_no_fork_safety_a_forked_child_uses_the_inherited_connection(make, url):
+    app, db = make(url)
+    with app.app_context():
+        engine = db.engine
+    connects = []
+    event.listen(engine, "connect", lambda *args: connects.append(args))
+    with app.app_context():
+        db.session.execute(text("SELECT 1"))
+
+    def query_in_the_child():
+        with app.app_context():
+            db.session.execute(text("SELECT 1"))
+        return len(connects)
+
+    # Nothing gave the child a pool of its own: it opened no connection.
+    assert in_forked_child(query_in_the_child) == 1
+
+
+def test_lite_registers_an_async_teardown_that_flask_runs_on_every_request(url):
+    app, db = make_flask_sqlalchemy_lite(url)
+
+    coroutines = [
+        function
+        for function in app.teardown_appcontext_funcs
+        if inspect.iscoroutinefunction(function)
+    ]
+
+    # Flask runs it through asgiref's async_to_sync: the benchmark's cost.
+    assert [function.__name__ for function in coroutines] == ["_close_async_sessions"]
+
+
+def test_what_each_offers_for_404_pagination_and_recorded_queries(url):
+    flask_app, flask_db = make_flask_sqlalchemy(url)
+    lite_app, lite_db = make_flask_sqlalchemy_lite(url)
+
+    for name in ("get_or_404", "first_or_404", "one_or_404", "paginate", "reflect"):
+        assert callable(getattr(flask_db, name))
+    assert callable(record_queries.get_recorded_queries)
+    assert callable(lite_db.get_or_abort)
+    assert callable(lite_db.one_or_abort)
+    for name in ("paginate", "reflect", "get_or_404"):
+        assert not hasattr(lite_db, name)
+    assert not hasattr(flask_db, "test_isolation")
+
+
+def test_lite_test_isolation_hands_out_one_patched_connection(url):
+    app, db = make_flask_sqlalchemy_lite(url)
+
+    with app.app_context():
+        engine = db.engine
+        with db.test_isolation():
+            first, second = engine.connect(), engine.connect()
+            # engine.connect is patched to return one connection, whose
+            # close() is patched to do nothing.
+            assert first is second
+            first.close()
+            assert not first.closed
+        # Outside the block, each connect() is a connection of its own again.
+        third, fourth = engine.connect(), engine.connect()
+        assert third is not fourth
+        third.close()
+        fourth.close()
