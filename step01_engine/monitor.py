@@ -18,7 +18,9 @@ class ConnectionCounter:
     """Count the DBAPI connections that an engine's pool opens, by process."""
 
     def __init__(self, engine):
-        self.connects = Counter()
+        # Connections opened before the counter listens count too: a step
+        # that queries as the app is created leaves one in the pool.
+        self.connects = Counter({os.getpid(): _count(engine.pool, "checkedin") or 0})
         self._lock = threading.Lock()
         event.listen(engine, "connect", self._on_connect)
 

@@ -34,6 +34,23 @@ def steps_from(first):
     return [step for step in STEPS if step >= first]
 
 
+def connections_opened_at_startup(step):
+    """Return how many connections creating the step's app opens: its pool's
+    first, from step 5 on, where the app maps its models from the database."""
+    return 1 if step in steps_from("step05_reflection") else 0
+
+
+def message_class(app):
+    """Return the app's mapped Message class.
+
+    Steps 2 to 4 declare it once, in their models module; from step 5 on,
+    each app maps a class of its own from its database's tables.
+    """
+    if "models" in app.extensions:
+        return app.extensions["models"].get().Message
+    return importlib.import_module(f"{app.import_name}.models").Message
+
+
 def import_step(step):
     """Import a step package by name."""
     return importlib.import_module(step)

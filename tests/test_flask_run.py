@@ -36,4 +36,4 @@ def test_flask_run_reads_engine_options_from_the_environment(step, serve):
     status = server.get("/pool").json()
 
     assert status["size"] == 2
-    assert status["overflow"] == -2
+    assert status["options"]["max_overflow"] == 0

@@ -6,7 +6,6 @@ thread begins with a new one. Each test here would fail on step 2.
 """
 
 import gc
-import importlib
 import json
 
 import pytest
@@ -17,6 +16,7 @@ from sqlalchemy.orm import sessionmaker
 
 from .support import SMALL_POOL
 from .support import lose_connection_before
+from .support import message_class
 from .support import pool_status
 from .support import read_again_after_a_change_elsewhere
 from .support import run_in_new_thread
@@ -170,10 +170,8 @@ def test_close_returns_the_connection_and_keeps_the_session_remove_replaces_it(
     registry = app.extensions["session"]
     engine = app.extensions["engine"]
     app.test_client().post("/messages", json={"text": "held"})
-    message_class = importlib.import_module(f"{step}.models").Message
-
     session = registry()
-    held = session.get(message_class, 1)
+    held = session.get(message_class(app), 1)
     session.close()
     assert engine.pool.checkedout() == 0
     assert held not in session

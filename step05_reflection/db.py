@@ -1,0 +1,138 @@
+"""The engine, the session registry, the reflected models, and ``init-db``."""
+
+import os
+import pathlib
+import threading
+import weakref
+from functools import partial
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+from sqlalchemy import create_engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import scoped_session
+from sqlalchemy.orm import sessionmaker
+
+from .models import SchemaMissing
+from .models import reflect_models
+
+# The schema belongs to the database: init-db applies these files, standing
+# in for the team's own schema tool, one file per kind of database.
+SCHEMA_FOLDER = pathlib.Path(__file__).resolve().parent / "schema"
+
+# Each pool setting answers a fault seen in production; any of them can be
+# overridden through the ENGINE_OPTIONS configuration key.
+POOL_DEFAULTS = {
+    # Ping each connection as it is checked out and replace it if the server
+    # dropped it (idle timeout, restart, failover): without it, the request
+    # that meets a dead connection fails.
+    "pool_pre_ping": True,
+    # Replace a connection at checkout once it is 30 minutes old, before a
+    # server's or firewall's idle timeout can kill it unnoticed.
+    "pool_recycle": 1800,
+    # Keep up to 5 connections open, and open up to 10 more under load
+    # (closed again when returned): the server sees at most 15 per process.
+    "pool_size": 5,
+    "max_overflow": 10,
+    # Wait at most 10 seconds for a free connection, then answer 503 rather
+    # than hang past the timeout of the proxy in front of the app.
+    "pool_timeout": 10,
+}
+
+
+def init_app(app):
+    """Give the app its engine and session registry, and register the CLI."""
+    # One engine per app, created here and never per request: the engine
+    # owns the connection pool, so requests borrow connections from it.
+    engine = create_engine(
+        app.config["DATABASE_URL"], **{**POOL_DEFAULTS, **app.config["ENGINE_OPTIONS"]}
+    )
+    app.extensions["engine"] = engine
+    # A forked child (gunicorn --preload, multiprocessing) inherits the pool
+    # and its open connections; if both processes use one socket, their
+    # traffic interleaves. The child must start with a pool of its own.
+    os.register_at_fork(after_in_child=partial(start_fresh_pool, weakref.ref(engine)))
+    # One Session per thread: each request handled on a thread uses the
+    # Session that scoped_session keeps for that thread.
+    app.extensions["session"] = scoped_session(sessionmaker(bind=engine))
+    # Map the models from the tables as the database has them now. This
+    # connects as the app is created: under gunicorn --preload, in the
+    # master before it forks, which start_fresh_pool above makes safe.
+    models = app.extensions["models"] = ReflectedModels(engine)
+    try:
+        models.get()
+    except (SchemaMissing, DBAPIError) as error:
+        # Start all the same, so that init-db can run; requests retry.
+        app.logger.warning("models not mapped yet: %s", str(error))
+    # Without this, the thread's Session would keep its transaction open
+    # and its connection checked out after the request.
+    app.teardown_appcontext(remove_session)
+    app.cli.add_command(init_db_command)
+
+
+def get_engine():
+    """Return the current app's engine."""
+    return current_app.extensions["engine"]
+
+
+def get_session():
+    """Return the current thread's Session from the app's registry."""
+    return current_app.extensions["session"]()
+
+
+def get_models():
+    """Return the current app's model classes, mapped from its database."""
+    return current_app.extensions["models"].get()
+
+
+class ReflectedModels:
+    """An app's model classes, mapped once the database has their tables."""
+
+    def __init__(self, engine):
+        self._engine = engine
+        self._models = None
+        self._lock = threading.Lock()
+
+    def get(self):
+        """Return the models, reflecting them first if not mapped yet."""
+        if self._models is None:
+            with self._lock:
+                if self._models is None:
+                    with self._engine.connect() as connection:
+                        self._models = reflect_models(connection)
+        return self._models
+
+
+def start_fresh_pool(engine_ref):
+    """Give a forked child an empty pool, leaving the parent's connections be."""
+    engine = engine_ref()
+    if engine is not None:
+        # close=False: forget the inherited connections without closing
+        # them, since closing would end them for the parent process too.
+        engine.dispose(close=False)
+
+
+def remove_session(exception=None):
+    """Close the thread's Session and forget it when the app context ends."""
+    # remove() closes the Session (rolling back what was not committed and
+    # returning its connection to the pool), then drops it from the
+    # registry, so the thread's next request starts with a new Session.
+    current_app.extensions["session"].remove()
+
+
+@click.command("init-db")
+@with_appcontext
+def init_db_command():
+    """Create the tables that do not exist yet, from the schema file."""
+    engine = get_engine()
+    schema = SCHEMA_FOLDER / f"{engine.dialect.name}.sql"
+    if not schema.is_file():
+        raise click.ClickException(f"no schema file for {engine.dialect.name}")
+    with engine.begin() as connection:
+        # One statement per semicolon: enough for this schema, which has no
+        # semicolon inside a statement. A schema tool parses properly.
+        for statement in schema.read_text().split(";"):
+            if statement.strip():
+                connection.exec_driver_sql(statement)
+    click.echo("Initialized the database.")

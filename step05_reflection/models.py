@@ -1,0 +1,76 @@
+"""The ORM model of the one table, ``messages``, mapped from the database."""
+
+from datetime import UTC
+from datetime import datetime
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
+
+from sqlalchemy import inspect
+from sqlalchemy.ext.declarative import DeferredReflection
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import Mapped
+
+MAX_TEXT_LENGTH = 500
+
+# The tables the app maps; init-db's schema files create them.
+TABLES = ("messages",)
+
+
+class SchemaMissing(Exception):
+    """The database has not got the tables the app maps: init-db has not run."""
+
+    def __init__(self, missing):
+        self.missing = missing
+        super().__init__(f"the database has no table {', '.join(missing)} yet")
+
+
+class MessageColumns:
+    """What a message is, whatever columns the table has: the API's view."""
+
+    if TYPE_CHECKING:
+        # For type checkers only: at run time these come from the database.
+        id: Mapped[int]
+        text: Mapped[str]
+        created_at: Mapped[datetime]
+
+    def to_dict(self):
+        """Return the message as the API shows it: each column of the table."""
+        return {
+            column.key: json_value(getattr(self, column.key))
+            for column in inspect(type(self)).column_attrs
+        }
+
+
+def json_value(value):
+    """Return a column's value as the API shows it: times in UTC."""
+    if not isinstance(value, datetime):
+        return value
+    # SQLite keeps no time zone: the value comes back naive, in UTC as the
+    # schema's default wrote it. PostgreSQL's comes back in the session's.
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat()
+
+
+def reflect_models(connection):
+    """Map new model classes onto the tables as this database has them now."""
+    missing = [name for name in TABLES if not inspect(connection).has_table(name)]
+    if missing:
+        raise SchemaMissing(missing)
+
+    # A base of their own for each app: a class is mapped once, to the
+    # columns of the first database it was prepared against, so an app
+    # factory (and each test's app) needs classes of its own.
+    class Base(DeclarativeBase):
+        pass
+
+    class Reflected(DeferredReflection, Base):
+        __abstract__ = True
+
+    class Message(MessageColumns, Reflected):
+        __tablename__ = "messages"
+
+    # Read the tables' columns, keys and defaults from the database, then
+    # map each class onto its table.
+    Reflected.prepare(connection)
+    return SimpleNamespace(Message=Message)

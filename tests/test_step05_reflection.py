@@ -1,0 +1,253 @@
+"""Step 5: the schema belongs to the database; the app maps what it finds.
+
+SQLAlchemy's documentation, "Reflecting Database Objects" and "Mapping
+Declaratively with Reflected Tables" (DeferredReflection, automap). The
+failing variant of each concept runs on step 4, whose model declares its
+columns and whose init-db calls create_all.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import MetaData
+from sqlalchemy import Table
+from sqlalchemy import create_engine
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.automap import automap_base
+
+from .support import ROOT
+from .support import free_port
+from .support import import_step
+from .support import in_forked_child
+from .support import pool_status
+from .support import steps_from
+from .support import wait_for_http
+from .test_wsgi import worker_answers
+
+STEPS_WITH_REFLECTION = steps_from("step05_reflection")
+ADD_AUTHOR = "ALTER TABLE messages ADD COLUMN author VARCHAR(40) DEFAULT 'anonymous'"
+
+
+@pytest.fixture(params=STEPS_WITH_REFLECTION)
+def step(request):
+    """Name each step that maps its models from the database."""
+    return request.param
+
+
+def add_author_column(app):
+    """Add a column to the messages table from outside the app."""
+    # Another program's connection: the team's schema tool, say.
+    engine = create_engine(app.config["DATABASE_URL"])
+    with engine.begin() as connection:
+        connection.execute(text(ADD_AUTHOR))
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("step", "shown_after_restart"),
+    [("step04_pooling", False), *((step, True) for step in STEPS_WITH_REFLECTION)],
+)
+def test_a_column_added_outside_the_app_shows_up_after_a_restart(
+    step, shown_after_restart, make_app
+):
+    running = make_app(step).test_client()
+    running.post("/messages", json={"text": "before"})
+
+    add_author_column(running.application)
+
+    # The running app keeps its mapping, and keeps working.
+    assert running.post("/messages", json={"text": "after"}).status_code == 201
+    assert [set(m) for m in running.get("/messages").get_json()] == [
+        {"id", "text", "created_at"}
+    ] * 2
+    # A restart creates the app anew: step 5 maps the table as it is now.
+    restarted = make_app(step).test_client()
+    assert restarted.post("/messages", json={"text": "restarted"}).status_code == 201
+    messages = restarted.get("/messages").get_json()
+    if shown_after_restart:
+        assert [m["author"] for m in messages] == ["anonymous"] * 3
+        assert "<code>author</code>" in restarted.get("/").get_data(as_text=True)
+    else:
+        assert all("author" not in m for m in messages)
+
+
+REQUESTS = [
+    ("get", "/messages", None),
+    ("post", "/messages", {"text": "too soon"}),
+    ("get", "/messages/1", None),
+    ("patch", "/messages/1", {"text": "too soon"}),
+    ("delete", "/messages/1", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), REQUESTS)
+def test_before_init_db_the_app_starts_and_its_api_names_init_db(
+    step, database_url, method, path, body
+):
+    app = import_step(step).create_app({"DATABASE_URL": database_url})
+    client = app.test_client()
+
+    response = getattr(client, method)(path, json=body)
+
+    assert response.status_code == 503
+    assert response.get_json() == {
+        "error": "the database has no table messages yet:"
+        f" create it with flask --app {step} init-db"
+    }
+    page = client.get("/")
+    assert page.status_code == 503
+    assert f"flask --app {step} init-db" in page.get_data(as_text=True)
+    assert pool_status(client)["checked_out"] == 0
+    app.extensions["engine"].dispose()
+
+
+def test_before_init_db_step_4_answers_the_databases_own_error(database_url):
+    client = (
+        import_step("step04_pooling")
+        .create_app({"DATABASE_URL": database_url})
+        .test_client()
+    )
+
+    response = client.get("/messages")
+
+    assert response.status_code == 503
+    error = response.get_json()["error"]
+    assert "init-db" not in error
+    assert "no such table" in error or "does not exist" in error
+    client.application.extensions["engine"].dispose()
+
+
+def test_once_init_db_has_run_the_same_app_serves_without_a_restart(step, database_url):
+    app = import_step(step).create_app({"DATABASE_URL": database_url})
+    client = app.test_client()
+    assert client.get("/messages").status_code == 503
+
+    # init-db from another process, as a person would run it.
+    subprocess.run(
+        [sys.executable, "-m", "flask", "--app", step, "init-db"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url},
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+    assert client.post("/messages", json={"text": "now"}).status_code == 201
+    assert [m["text"] for m in client.get("/messages").get_json()] == ["now"]
+    app.extensions["engine"].dispose()
+
+
+@pytest.mark.parametrize(
+    ("step", "server_fills_created_at"),
+    [("step04_pooling", False), *((step, True) for step in STEPS_WITH_REFLECTION)],
+)
+def test_init_db_applies_the_schema_file_so_the_database_owns_the_defaults(
+    step, server_fills_created_at, database_url
+):
+    app = import_step(step).create_app({"DATABASE_URL": database_url})
+    engine = app.extensions["engine"]
+
+    app.test_cli_runner().invoke(args=["init-db"])
+
+    with engine.begin() as connection:
+        # Another program's insert, which knows nothing of the app's model.
+        insert = text("INSERT INTO messages (text) VALUES ('from elsewhere')")
+        if server_fills_created_at:
+            connection.execute(insert)
+            created_at = connection.execute(text("SELECT created_at FROM messages"))
+            assert created_at.scalar_one() is not None
+        else:
+            # create_all wrote the model's table: the default lives in Python.
+            with pytest.raises(IntegrityError):
+                connection.execute(insert)
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("step", "opened_at_startup"),
+    [("step04_pooling", 0), *((step, 1) for step in STEPS_WITH_REFLECTION)],
+)
+def test_creating_the_app_connects_to_map_the_models(step, opened_at_startup, make_app):
+    client = make_app(step).test_client()
+
+    status = pool_status(client)
+
+    # Before any request: reflection's connection, back in the pool.
+    assert status["connects"] == status["checked_in"] == opened_at_startup
+
+
+@pytest.mark.parametrize(("fork_hook", "opened_in_the_child"), [(True, 1), (False, 0)])
+def test_a_forked_child_leaves_reflections_connection_to_the_parent(
+    step, make_app, monkeypatch, fork_hook, opened_in_the_child
+):
+    if not fork_hook:
+        # As if step 4's os.register_at_fork line were not there.
+        monkeypatch.setattr(os, "register_at_fork", lambda **hooks: None)
+    client = make_app(step).test_client()
+
+    def serve_in_child():
+        assert client.get("/messages").status_code == 200
+        return pool_status(client)["connects_in_this_process"]
+
+    # Without the hook, the child serves on the very connection the parent
+    # holds in its pool: two processes, one socket.
+    assert in_forked_child(serve_in_child) == opened_in_the_child
+    assert client.get("/messages").status_code == 200
+    assert pool_status(client)["connects"] == 1
+
+
+@pytest.mark.parametrize(
+    ("step", "inherited"),
+    [("step04_pooling", 0), *((step, 1) for step in STEPS_WITH_REFLECTION)],
+)
+def test_gunicorn_preload_maps_the_models_in_the_master_before_fork(
+    step, inherited, make_app, database_url
+):
+    make_app(step)
+    url = f"http://127.0.0.1:{free_port()}"
+    gunicorn = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "gunicorn", "--preload", "--workers", "2"),
+            # The bare app factory: no query at startup but reflection's.
+            *("--bind", url.removeprefix("http://"), f"{step}:create_app()"),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_http(url, gunicorn)
+        workers = worker_answers(url, gunicorn)
+    finally:
+        gunicorn.terminate()
+        gunicorn.wait(timeout=30)
+
+    assert len(workers) == 2
+    for worker in workers.values():
+        # The master's reflection connection is counted in every worker's
+        # copy; step 4's fork hook keeps each worker off it.
+        assert worker["connects"] == inherited
+        assert worker["connects_in_this_process"] == 0
+        assert worker["checked_in"] == 0
+
+
+def test_automap_and_a_reflected_table_see_the_same_columns(step, make_app):
+    app = make_app(step)
+    add_author_column(app)
+    engine = app.extensions["engine"]
+    deferred = make_app(step).extensions["models"].get().Message
+
+    automapped = automap_base()
+    automapped.prepare(autoload_with=engine)
+    table = Table("messages", MetaData(), autoload_with=engine)
+
+    columns = ["id", "text", "created_at", "author"]
+    assert deferred.__table__.columns.keys() == columns
+    # automap names the class after the table, and needs a primary key.
+    assert automapped.classes.messages.__table__.columns.keys() == columns
+    # Core alone: a Table, no class, no Session needed.
+    assert table.columns.keys() == columns
