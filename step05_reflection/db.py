@@ -15,7 +15,8 @@ from sqlalchemy.orm import scoped_session
 from sqlalchemy.orm import sessionmaker
 
 from .models import SchemaMissing
-from .models import reflect_models
+from .models import declare_models
+from .models import map_models
 
 # The schema belongs to the database: init-db applies these files, standing
 # in for the team's own schema tool, one file per kind of database.
@@ -91,16 +92,18 @@ class ReflectedModels:
 
     def __init__(self, engine):
         self._engine = engine
-        self._models = None
+        self._models = declare_models()
+        self._mapped = False
         self._lock = threading.Lock()
 
     def get(self):
-        """Return the models, reflecting them first if not mapped yet."""
-        if self._models is None:
+        """Return the models, mapping them first if not mapped yet."""
+        if not self._mapped:
             with self._lock:
-                if self._models is None:
+                if not self._mapped:
                     with self._engine.connect() as connection:
-                        self._models = reflect_models(connection)
+                        map_models(self._models, connection)
+                    self._mapped = True
         return self._models
 
 

@@ -24,17 +24,11 @@ class SchemaMissing(Exception):
         super().__init__(f"the database has no table {', '.join(missing)} yet")
 
 
-class MessageColumns:
-    """What a message is, whatever columns the table has: the API's view."""
-
-    if TYPE_CHECKING:
-        # For type checkers only: at run time these come from the database.
-        id: Mapped[int]
-        text: Mapped[str]
-        created_at: Mapped[datetime]
+class JsonColumns:
+    """A mapped class that the API shows whole: each column its table has."""
 
     def to_dict(self):
-        """Return the message as the API shows it: each column of the table."""
+        """Return the row as the API shows it: each column of the table."""
         return {
             column.key: json_value(getattr(self, column.key))
             for column in inspect(type(self)).column_attrs
@@ -52,11 +46,8 @@ def json_value(value):
     return value.astimezone(UTC).isoformat()
 
 
-def reflect_models(connection):
-    """Map new model classes onto the tables as this database has them now."""
-    missing = [name for name in TABLES if not inspect(connection).has_table(name)]
-    if missing:
-        raise SchemaMissing(missing)
+def declare_models():
+    """Declare model classes of an app's own, to be mapped by map_models()."""
 
     # A base of their own for each app: a class is mapped once, to the
     # columns of the first database it was prepared against, so an app
@@ -67,10 +58,23 @@ def reflect_models(connection):
     class Reflected(DeferredReflection, Base):
         __abstract__ = True
 
-    class Message(MessageColumns, Reflected):
+    class Message(JsonColumns, Reflected):
         __tablename__ = "messages"
 
+        if TYPE_CHECKING:
+            # For type checkers only: at run time these come from the table.
+            id: Mapped[int]
+            text: Mapped[str]
+            created_at: Mapped[datetime]
+
+    return SimpleNamespace(Reflected=Reflected, Message=Message)
+
+
+def map_models(models, connection):
+    """Map the declared classes onto the tables as this database has them now."""
+    missing = [name for name in TABLES if not inspect(connection).has_table(name)]
+    if missing:
+        raise SchemaMissing(missing)
     # Read the tables' columns, keys and defaults from the database, then
     # map each class onto its table.
-    Reflected.prepare(connection)
-    return SimpleNamespace(Message=Message)
+    models.Reflected.prepare(connection)
