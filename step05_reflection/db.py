@@ -54,9 +54,6 @@ def init_app(app):
     # and its open connections; if both processes use one socket, their
     # traffic interleaves. The child must start with a pool of its own.
     os.register_at_fork(after_in_child=partial(start_fresh_pool, weakref.ref(engine)))
-    # One Session per thread: each request handled on a thread uses the
-    # Session that scoped_session keeps for that thread.
-    app.extensions["session"] = scoped_session(sessionmaker(bind=engine))
     # Map the models from the tables as the database has them now. This
     # connects as the app is created: under gunicorn --preload, in the
     # master before it forks, which start_fresh_pool above makes safe.
@@ -66,6 +63,9 @@ def init_app(app):
     except (SchemaMissing, DBAPIError) as error:
         # Start all the same, so that init-db can run; requests retry.
         app.logger.warning("models not mapped yet: %s", str(error))
+    # One Session per thread: each request handled on a thread uses the
+    # Session that scoped_session keeps for that thread.
+    app.extensions["session"] = scoped_session(sessionmaker(bind=engine))
     # Without this, the thread's Session would keep its transaction open
     # and its connection checked out after the request.
     app.teardown_appcontext(remove_session)
@@ -91,8 +91,8 @@ class ReflectedModels:
     """An app's model classes, mapped once the database has their tables."""
 
     def __init__(self, engine):
+        self.declared = declare_models()
         self._engine = engine
-        self._models = declare_models()
         self._mapped = False
         self._lock = threading.Lock()
 
@@ -102,9 +102,9 @@ class ReflectedModels:
             with self._lock:
                 if not self._mapped:
                     with self._engine.connect() as connection:
-                        map_models(self._models, connection)
+                        map_models(self.declared, connection)
                     self._mapped = True
-        return self._models
+        return self.declared
 
 
 def start_fresh_pool(engine_ref):

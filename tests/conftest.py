@@ -9,6 +9,7 @@ from .postgres import Cluster
 from .postgres import Server
 from .postgres import find_binaries
 from .support import STEPS
+from .support import STEPS_WITH_TWO_DATABASES
 from .support import LiveServer
 from .support import free_port
 from .support import import_step
@@ -49,17 +50,59 @@ def backend(request):
 
 
 @pytest.fixture
-def database_url(backend, tmp_path, request):
+def new_database(backend, tmp_path, request):
+    """Return a function that creates an empty database of the test's own."""
+    created = []
+
+    def create(name):
+        if backend == "sqlite":
+            return f"sqlite:///{tmp_path / f'{name}.sqlite'}"
+        server = request.getfixturevalue("postgres")
+        if server is None:
+            skip_or_fail(HOW_TO_GET_POSTGRES)
+        url = server.create_database()
+        created.append((server, url))
+        return url
+
+    yield create
+
+    for server, url in created:
+        server.drop_database(url)
+
+
+@pytest.fixture
+def database_url(new_database):
     """Return the URL of an empty database of the test's own."""
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'test.sqlite'}"
-        return
-    server = request.getfixturevalue("postgres")
-    if server is None:
-        skip_or_fail(HOW_TO_GET_POSTGRES)
-    url = server.create_database()
-    yield url
-    server.drop_database(url)
+    return new_database("test")
+
+
+@pytest.fixture(autouse=True)
+def audit_database_in_tmp(tmp_path, monkeypatch):
+    """Keep step 6's audit database out of the instance folder in every test.
+
+    Apps and servers a test starts read AUDIT_DATABASE_URL from the
+    environment: a SQLite file of the test's own, unless the test gives
+    them one on its backend (databases_for).
+    """
+    monkeypatch.setenv("AUDIT_DATABASE_URL", f"sqlite:///{tmp_path / 'audit.sqlite'}")
+
+
+@pytest.fixture
+def databases_for(database_url, new_database):
+    """Return a function that names the databases of a step's app, on the
+    test's backend: DATABASE_URL, and AUDIT_DATABASE_URL for the steps
+    that have a second database."""
+    audit_database_url = []
+
+    def databases(step):
+        urls = {"DATABASE_URL": database_url}
+        if step in STEPS_WITH_TWO_DATABASES:
+            if not audit_database_url:
+                audit_database_url.append(new_database("audit"))
+            urls["AUDIT_DATABASE_URL"] = audit_database_url[0]
+        return urls
+
+    return databases
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -72,23 +115,24 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 @pytest.fixture
-def make_app(database_url):
-    """Return a factory of step apps on the test's database, tables created."""
+def make_app(databases_for):
+    """Return a factory of step apps on the test's databases, tables created."""
     apps = []
 
     def make(step, engine_options=None, **config):
         module = import_step(step)
+        databases = databases_for(step)
         # init-db runs through the CLI of an app of its own, so that the app
         # under test starts with an untouched pool.
-        initializer = module.create_app({"DATABASE_URL": database_url})
+        initializer = module.create_app(databases)
         result = initializer.test_cli_runner().invoke(args=["init-db"])
         assert result.output == "Initialized the database.\n", result.output
-        initializer.extensions["engine"].dispose()
+        dispose_engines(initializer)
 
         app = module.create_app(
             {
                 "TESTING": True,
-                "DATABASE_URL": database_url,
+                **databases,
                 "ENGINE_OPTIONS": engine_options or {},
                 **config,
             }
@@ -103,7 +147,14 @@ def make_app(database_url):
         if "session" in app.extensions:
             with app.app_context():
                 app.extensions["session"].remove()
-        app.extensions["engine"].dispose()
+        dispose_engines(app)
+
+
+def dispose_engines(app):
+    """Close every pooled connection of the app's engines."""
+    for name in ("engine", "audit_engine"):
+        if name in app.extensions:
+            app.extensions[name].dispose()
 
 
 @pytest.fixture
@@ -119,13 +170,14 @@ def client(app):
 
 
 @pytest.fixture
-def serve(database_url, tmp_path):
+def serve(databases_for, tmp_path):
     """Return a function that starts a step under ``flask run``."""
     servers = []
 
     def start(step, init_db=True, **env):
         log_path = tmp_path / f"server-{len(servers)}.log"
-        server = LiveServer(step, database_url, env, log_path, init_db=init_db)
+        env = {**databases_for(step), **env}
+        server = LiveServer(step, env, log_path, init_db=init_db)
         servers.append(server)
         return server
 

@@ -56,8 +56,11 @@ def take_screenshots(folder, browser):
         for step, name in SCREENSHOTS.items():
             server = LiveServer(
                 step,
-                f"sqlite:///{work}/{step}.sqlite",
-                {"FLASK_ENGINE_OPTIONS": json.dumps(SMALL_POOL_FAILING_FAST)},
+                {
+                    "DATABASE_URL": f"sqlite:///{work}/{step}.sqlite",
+                    "AUDIT_DATABASE_URL": f"sqlite:///{work}/{step}-audit.sqlite",
+                    "FLASK_ENGINE_OPTIONS": json.dumps(SMALL_POOL_FAILING_FAST),
+                },
                 pathlib.Path(work) / f"{step}.log",
             )
             page = browser.new_page(viewport={"width": 900, "height": 900})

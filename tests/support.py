@@ -34,6 +34,10 @@ def steps_from(first):
     return [step for step in STEPS if step >= first]
 
 
+# The steps whose app has a second database, for its audit log.
+STEPS_WITH_TWO_DATABASES = steps_from("step06_multiple_databases")
+
+
 def connections_opened_at_startup(step):
     """Return how many connections creating the step's app opens: its pool's
     first, from step 5 on, where the app maps its models from the database."""
@@ -237,16 +241,11 @@ def delete_elsewhere_before(engine, statement_start, message_id):
 class LiveServer:
     """A step served by a real ``flask run`` on a free loopback port."""
 
-    def __init__(self, step, database_url, env, log_path, init_db=True):
+    def __init__(self, step, env, log_path, init_db=True):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        self.env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "PYTHONUNBUFFERED": "1",
-            **env,
-        }
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
         flask = [sys.executable, "-m", "flask", "--app", step]
         if init_db:
             subprocess.run(
