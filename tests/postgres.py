@@ -121,6 +121,8 @@ class Cluster(Server):
                 f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder}",
                 # A throwaway cluster needs no durability: faster tests.
                 "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+                # Two-phase commit, off by default, for step 6's drill.
+                "-c max_prepared_transactions=10",
             ]
         )
         self._run(

@@ -162,3 +162,28 @@ def test_lite_test_isolation_hands_out_one_patched_connection(url):
         assert third is not fourth
         third.close()
         fourth.close()
+
+
+def test_flask_sqlalchemy_binds_a_model_by_the_metadata_of_its_bind_key(tmp_path):
+    app = Flask("with_binds")
+    app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path / 'main.sqlite'}"
+    app.config["SQLALCHEMY_BINDS"] = {"audit": f"sqlite:///{tmp_path / 'audit.sqlite'}"}
+    db = flask_sqlalchemy.SQLAlchemy(app)
+
+    class Message(db.Model):
+        id = db.Column(db.Integer, primary_key=True)
+
+    class AuditEntry(db.Model):
+        __bind_key__ = "audit"
+        id = db.Column(db.Integer, primary_key=True)
+
+    with app.app_context():
+        # __bind_key__ gives the model a MetaData of its own, tagged with the
+        # key; the Session's get_bind() reads the tag to pick the engine,
+        # and a model without one goes to the default engine.
+        assert AuditEntry.metadata is not Message.metadata
+        assert AuditEntry.metadata.info == {"bind_key": "audit"}
+        assert db.session.get_bind(mapper=AuditEntry) is db.engines["audit"]
+        assert db.session.get_bind(mapper=Message) is db.engines[None]
+        # Each model's table name comes from its class name.
+        assert AuditEntry.__table__.name == "audit_entry"

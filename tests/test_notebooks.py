@@ -59,11 +59,13 @@ def test_every_cell_after_the_setup_ends_with_an_assert(step):
 
 
 def test_the_notebook_runs_on_a_fresh_kernel_and_shows_plots_and_tables(
-    step, database_url, monkeypatch
+    step, databases_for, monkeypatch
 ):
-    # The notebook works on the database DATABASE_URL names, as a reader's
-    # would; here, the test's own (SQLite or PostgreSQL).
-    monkeypatch.setenv("DATABASE_URL", database_url)
+    # The notebook works on the databases DATABASE_URL (and, from step 6 on,
+    # AUDIT_DATABASE_URL) name, as a reader's would; here, the test's own
+    # (SQLite or PostgreSQL).
+    for variable, url in databases_for(step).items():
+        monkeypatch.setenv(variable, url)
     notebook = read(notebook_of(step))
     client = NotebookClient(
         notebook,

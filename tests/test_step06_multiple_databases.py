@@ -269,3 +269,79 @@ def test_a_commit_that_fails_leaves_written_only_what_committed_before_it(
     assert [in_messages, in_audit].count(True) == written
     if written:
         assert {"messages": in_messages, "audit": in_audit}[began[0]]
+
+
+def fail_the_second(app, phase):
+    """Make the second connection's ``phase`` of two-phase commit fail.
+
+    ``phase`` is ``prepare_twophase`` or ``commit_twophase``. Return the
+    names of the databases in the order they reached it.
+    """
+    reached = []
+
+    def listener(name):
+        def on_phase(connection, *arguments):
+            reached.append(name)
+            if len(reached) == 2:
+                connection.connection.dbapi_connection.close()
+
+        return on_phase
+
+    for name, engine in app.extensions["engines"].items():
+        event.listen(engine, phase, listener(name))
+    return reached
+
+
+def prepared_transactions(url):
+    """Name the prepared transactions waiting in a database."""
+    query = "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()"
+    return [row.gid for row in rows(url, query)]
+
+
+# PostgreSQL's PREPARE TRANSACTION; SQLite has no two-phase commit.
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_two_phase_commit_undoes_both_when_a_prepare_fails(step, make_app):
+    app = make_app(step)
+    # What step 6 would change to commit in two phases: one keyword.
+    app.extensions["session"].configure(twophase=True)
+    fail_the_second(app, "prepare_twophase")
+
+    response = app.test_client().post("/messages", json={"text": "all or none"})
+
+    assert response.status_code == 503
+    # The first database had prepared its transaction; it was rolled back.
+    assert stored_texts(app) == []
+    assert audited(app) == []
+    for url in (app.config["DATABASE_URL"], app.config["AUDIT_DATABASE_URL"]):
+        assert prepared_transactions(url) == []
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_two_phase_commit_leaves_a_failed_commit_prepared_to_finish_later(
+    step, make_app
+):
+    app = make_app(step)
+    app.extensions["session"].configure(twophase=True)
+    reached = fail_the_second(app, "commit_twophase")
+
+    response = app.test_client().post("/messages", json={"text": "in doubt"})
+
+    assert response.status_code == 503
+    urls = {
+        "messages": app.config["DATABASE_URL"],
+        "audit": app.config["AUDIT_DATABASE_URL"],
+    }
+    first, second = reached
+    # The first committed. The second is neither committed nor lost: it
+    # waits, prepared, holding its locks, until someone finishes it.
+    assert prepared_transactions(urls[first]) == []
+    [gid] = prepared_transactions(urls[second])
+    assert (stored_texts(app), audited(app)).count([]) == 1
+
+    engine = create_engine(urls[second], poolclass=NullPool)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as admin:
+        admin.exec_driver_sql(f"COMMIT PREPARED '{gid}'")
+    engine.dispose()
+
+    assert stored_texts(app) == ["in doubt"]
+    assert audited(app) == [("create", 1, "in doubt")]
