@@ -35,20 +35,67 @@ def database_url():
     return os.environ.get("DATABASE_URL") or f"sqlite:///{_folder}/notebook.sqlite"
 
 
-def new_app(create_app, engine_options=None):
-    """Create a step's app on the notebook's database, its pool still empty."""
-    url = database_url()
-    # init-db runs in an app of its own, so that the app the notebook looks
-    # at has opened no connection yet.
-    initializer = create_app({"DATABASE_URL": url})
-    result = initializer.test_cli_runner().invoke(args=["init-db"])
-    assert result.output == "Initialized the database.\n", result.output
-    initializer.extensions["engine"].dispose()
-    app = create_app({"DATABASE_URL": url, "ENGINE_OPTIONS": engine_options or {}})
-    # The app logs a traceback with every 503; the notebooks show the 503s
-    # themselves, so keep the tracebacks out of the cells' output.
-    logging.getLogger(app.name).setLevel(logging.ERROR)
-    return app
+def audit_database_url():
+    """Return ``AUDIT_DATABASE_URL`` if it is set, else a second SQLite file
+    of this kernel's: from step 6 on, the app keeps an audit log there."""
+    return (
+        os.environ.get("AUDIT_DATABASE_URL")
+        or f"sqlite:///{_folder}/notebook-audit.sqlite"
+    )
+
+
+def new_app(create_app, engine_options=None, init_db=True):
+    """Create a step's app on the notebook's databases, its pools still empty.
+
+    Steps before 6 have no audit database and ignore its URL. With
+    ``init_db=False`` the database is left as it is.
+    """
+    databases = {
+        "DATABASE_URL": database_url(),
+        "AUDIT_DATABASE_URL": audit_database_url(),
+    }
+    # The app logs a traceback with every 503, and from step 5 on a warning
+    # when it starts before init-db; the notebooks show the 503s and what
+    # init-db changes themselves, so keep the logs out of the cells' output.
+    logging.getLogger(create_app.__module__).setLevel(logging.ERROR)
+    if init_db:
+        # init-db runs in an app of its own, so that the app the notebook
+        # looks at has opened no connection yet (from step 5 on: none but
+        # the one that maps its models).
+        initializer = create_app(databases)
+        result = initializer.test_cli_runner().invoke(args=["init-db"])
+        assert result.output == "Initialized the database.\n", result.output
+        dispose(initializer)
+    return create_app({**databases, "ENGINE_OPTIONS": engine_options or {}})
+
+
+def dispose(app):
+    """Close the pooled connections of each of the app's engines."""
+    # From step 6 on, an app has an engine per database.
+    engines = app.extensions.get("engines") or {"main": app.extensions["engine"]}
+    for engine in engines.values():
+        engine.dispose()
+
+
+def query(url, statement, **parameters):
+    """Run SQL on a database through a connection of its own, as another
+    program would; return the rows as dicts."""
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.connect() as connection:
+        rows = [
+            row._asdict() for row in connection.execute(text(statement), parameters)
+        ]
+    engine.dispose()
+    return rows
+
+
+def drop_tables(url, *names):
+    """Drop these tables from a database, where they exist."""
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.begin() as connection:
+        for name in names:
+            connection.execute(text(f"DROP TABLE IF EXISTS {name}"))
+    engine.dispose()
 
 
 def pool(app):
@@ -108,7 +155,7 @@ def line_chart(series, xlabel, title, ylabel="connections"):
     plt.show()
 
 
-def bar_chart(timings, title):
+def bar_chart(timings, title, ylabel="µs per request (median)"):
     """Draw what time_per_request() measured, with each ratio over its bar."""
     names = list(timings)
     values = [timings[name]["µs per request"] for name in names]
@@ -116,10 +163,56 @@ def bar_chart(timings, title):
     labels = [textwrap.fill(name, 16) for name in names]
     bars = axes.bar(labels, values, color="#4c72b0")
     axes.bar_label(bars, [f"×{timings[name]['ratio']:.2f}" for name in names])
-    axes.set_ylabel("µs per request (median)")
+    axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.margins(y=0.2)
     plt.show()
+
+
+def grouped_bar_chart(groups, title, ylabel):
+    """Draw counts: for each group, a bar per name, each count over its bar.
+
+    ``groups`` maps a group's name to a dict of counts, the same names in
+    each group.
+    """
+    names = list(next(iter(groups.values())))
+    width = 0.8 / len(names)
+    figure, axes = plt.subplots(figsize=(8, 3))
+    for number, name in enumerate(names):
+        positions = [group + number * width for group in range(len(groups))]
+        heights = [counts[name] for counts in groups.values()]
+        bars = axes.bar(positions, heights, width, label=name)
+        axes.bar_label(bars)
+    axes.set_xticks(
+        [group + width * (len(names) - 1) / 2 for group in range(len(groups))],
+        list(groups),
+    )
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.margins(y=0.2)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
+    plt.show()
+
+
+class CallAsClient:
+    """Let timing.time_per_request() time any call, not only a GET.
+
+    time_per_request() sends ``GET path`` through each client it is given,
+    the cases taking turns round by round; this stand-in's ``get()`` makes
+    its call instead (creating an app, a POST), and answers 200 once the
+    call returned: the call checks its own result.
+    """
+
+    status_code = 200
+
+    def __init__(self, call):
+        self.call = call
+
+    def get(self, path):
+        """Make the call; ``path`` is not used."""
+        self.call()
+        return self
 
 
 class PoolSampler:

@@ -70,9 +70,9 @@ def init_app(app):
         app.logger.warning("models not mapped yet: %s", str(error))
     # One Session per thread: each request handled on a thread uses the
     # Session that scoped_session keeps for that thread. Its binds send each
-    # class's statements to the engine of its base's database, and commit()
-    # commits on both: what Flask-SQLAlchemy's __bind_key__ sets up. Plain
-    # SQL, which names no class, goes to the main engine, as there.
+    # class's statements to the engine of its base's database, as
+    # Flask-SQLAlchemy's __bind_key__ does, and commit() commits on both.
+    # Plain SQL, which names no class, goes to the main engine, as there.
     bases = models.declared.bases
     binds = {bases["messages"]: engine, bases["audit"]: audit_engine}
     app.extensions["session"] = scoped_session(sessionmaker(bind=engine, binds=binds))

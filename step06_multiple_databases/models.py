@@ -52,9 +52,9 @@ def declare_models():
 
     # A base of their own for each app: a class is mapped once, to the
     # columns of the first database it was prepared against, so an app
-    # factory (and each test's app) needs classes of its own.
-    # Two declarative bases, one per database: the Session sends each class's
-    # statements to the engine bound to its base (db.py's binds).
+    # factory (and each test's app) needs classes of its own. And a base for
+    # each database: the Session sends each class's statements to the engine
+    # its base is bound to (db.py's binds).
     class MessagesBase(DeclarativeBase):
         pass
 
