@@ -69,11 +69,14 @@ def new_app(create_app, engine_options=None, init_db=True):
     return create_app({**databases, "ENGINE_OPTIONS": engine_options or {}})
 
 
+def engines(app):
+    """Return the app's engines by database: from step 6 on, it has two."""
+    return app.extensions.get("engines") or {"messages": app.extensions["engine"]}
+
+
 def dispose(app):
     """Close the pooled connections of each of the app's engines."""
-    # From step 6 on, an app has an engine per database.
-    engines = app.extensions.get("engines") or {"main": app.extensions["engine"]}
-    for engine in engines.values():
+    for engine in engines(app).values():
         engine.dispose()
 
 
