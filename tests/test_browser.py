@@ -204,3 +204,21 @@ def test_make_screenshots_takes_the_readmes_screenshots(browser, tmp_path):
         assert path.read_bytes().startswith(b"\x89PNG\r\n")
         assert f"docs/screenshots/{path.name}" in readme
         assert (ROOT / "docs" / "screenshots" / path.name).is_file()
+
+
+def test_step_6s_page_shows_the_audit_pool_as_pool_reports_it(serve, page):
+    server = serve("step06_multiple_databases")
+
+    page.goto(server.url + "/")
+    page.fill('#new-message input[name="text"]', "audited")
+    page.click("#new-message button")
+    expect(page.locator("#messages")).to_contain_text("audited")
+    page.wait_for_timeout(1500)
+
+    audit = server.get("/pool").json()["audit"]
+    assert audit["connects"] == 1
+    for key in ("checked_out", "checked_in", "connects", "url"):
+        expect(page.locator(f'[data-audit-pool="{key}"]')).to_have_text(
+            str(audit[key])
+        )
+    assert [entry["text"] for entry in server.get("/audit").json()] == ["audited"]
