@@ -5,8 +5,9 @@ folder, on a free loopback port) unless TEST_POSTGRES_URL names a server on
 which the tests may create databases. Each test gets a database of its own.
 
 Run as a program, it starts such a cluster for a command of yours, with
-DATABASE_URL naming a database on it, and deletes the cluster when the
-command ends (``make run DB=postgresql`` does so):
+DATABASE_URL naming a database on it (and AUDIT_DATABASE_URL a second one,
+for step 6), and deletes the cluster when the command ends (``make run
+DB=postgresql`` does so):
 
     .venv/bin/python -m tests.postgres .venv/bin/flask --app step04_pooling run
 """
@@ -179,7 +180,8 @@ def unprivileged_user():
 
 
 def run_on_a_throwaway_cluster(command):
-    """Run a command with DATABASE_URL on a cluster of its own; return its status."""
+    """Run a command with DATABASE_URL and AUDIT_DATABASE_URL on a cluster of
+    its own; return its status."""
     bindir = find_binaries()
     if bindir is None:
         raise SystemExit(HOW_TO_GET_POSTGRES)
@@ -189,16 +191,19 @@ def run_on_a_throwaway_cluster(command):
     signal.signal(signal.SIGHUP, leave_on_signal)
     process = None
     try:
-        url = cluster.create_database("messages")
+        databases = {
+            "DATABASE_URL": cluster.create_database("messages"),
+            "AUDIT_DATABASE_URL": cluster.create_database("audit"),
+        }
         print(
             f"A throwaway PostgreSQL in {cluster.folder}, deleted when this stops;"
-            f" DATABASE_URL={url}",
+            + "".join(f" {name}={url}" for name, url in databases.items()),
             flush=True,
         )
         # A process group of its own, so that everything the command starts
         # (a server's workers) stops with it.
         process = subprocess.Popen(
-            command, env={**os.environ, "DATABASE_URL": url}, process_group=0
+            command, env={**os.environ, **databases}, process_group=0
         )
         return process.wait()
     except KeyboardInterrupt:

@@ -28,7 +28,10 @@ def test_make_run_db_postgresql_serves_the_step_on_a_throwaway_server(
     log_path = tmp_path / "make-run.log"
     with open(log_path, "wb") as log:
         make = subprocess.Popen(
-            ["make", "run", "DB=postgresql", "STEP=step04_pooling", f"PORT={port}"],
+            [
+                *("make", "run", "DB=postgresql"),
+                *("STEP=step06_multiple_databases", f"PORT={port}"),
+            ],
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -54,6 +57,8 @@ def test_make_run_db_postgresql_serves_the_step_on_a_throwaway_server(
 
     assert pool["url"].startswith("postgresql+psycopg://postgres@127.0.0.1:")
     assert pool["url"].endswith("/messages")
+    # Step 6's audit database is a second database on the same server.
+    assert pool["audit"]["url"] == pool["url"].removesuffix("messages") + "audit"
     assert created.status_code == 201
     assert [message["text"] for message in listed] == ["on PostgreSQL"]
     # The cluster is gone with the command that used it.
