@@ -23,7 +23,8 @@ STRIP_NOTEBOOKS := $(BIN)/nbstripout --extra-keys metadata.language_info
 
 # setuptools explains editable installs at length on every install: advice,
 # not a failure, but alarming to a newcomer, so its warnings are silenced.
-$(INSTALLED): pyproject.toml
+# A new step is a new package: the editable install must learn of it too.
+$(INSTALLED): pyproject.toml $(wildcard step[0-9][0-9]_*/__init__.py)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -e '.[test]'
