@@ -1,4 +1,7 @@
-"""The app for a WSGI server: ``gunicorn --preload step06_multiple_databases.wsgi:app``."""
+"""The app for a WSGI server.
+
+    gunicorn --preload step06_multiple_databases.wsgi:app
+"""
 
 from sqlalchemy import text
 
