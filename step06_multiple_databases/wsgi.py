@@ -1,6 +1,6 @@
 """The app for a WSGI server.
 
-    gunicorn --preload step06_multiple_databases.wsgi:app
+gunicorn --preload step06_multiple_databases.wsgi:app
 """
 
 from sqlalchemy import text
