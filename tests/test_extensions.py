@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.pool import StaticPool
 
 from .support import in_forked_child
+from .support import run_in_new_thread
 
 flask_sqlalchemy = pytest.importorskip("flask_sqlalchemy")
 record_queries = pytest.importorskip("flask_sqlalchemy.record_queries")
@@ -187,3 +188,15 @@ def test_flask_sqlalchemy_binds_a_model_by_the_metadata_of_its_bind_key(tmp_path
         assert db.session.get_bind(mapper=Message) is db.engines[None]
         # Each model's table name comes from its class name.
         assert AuditEntry.__table__.name == "audit_entry"
+
+
+def test_lite_test_isolation_hands_its_one_connection_to_any_thread(url):
+    app, db = make_flask_sqlalchemy_lite(url)
+
+    with app.app_context():
+        engine = db.engine
+        with db.test_isolation():
+            here = engine.connect()
+            # No guard: another thread gets the very same connection.
+            elsewhere = run_in_new_thread(engine.connect)
+            assert elsewhere is here

@@ -1,0 +1,146 @@
+"""Two engines, one session registry over both, the models, and ``init-db``."""
+
+import os
+import pathlib
+import threading
+import weakref
+from functools import partial
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+from sqlalchemy import create_engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import scoped_session
+from sqlalchemy.orm import sessionmaker
+
+from .models import SchemaMissing
+from .models import declare_models
+from .models import map_models
+
+# The schema belongs to the databases: init-db applies these files, standing
+# in for the team's own schema tool, a folder per database and a file per
+# kind of database.
+SCHEMA_FOLDER = pathlib.Path(__file__).resolve().parent / "schema"
+
+# Each pool setting answers a fault seen in production; any of them can be
+# overridden through the ENGINE_OPTIONS configuration key.
+POOL_DEFAULTS = {
+    # Ping each connection as it is checked out and replace it if the server
+    # dropped it (idle timeout, restart, failover): without it, the request
+    # that meets a dead connection fails.
+    "pool_pre_ping": True,
+    # Replace a connection at checkout once it is 30 minutes old, before a
+    # server's or firewall's idle timeout can kill it unnoticed.
+    "pool_recycle": 1800,
+    # Keep up to 5 connections open, and open up to 10 more under load
+    # (closed again when returned): the server sees at most 15 per process.
+    "pool_size": 5,
+    "max_overflow": 10,
+    # Wait at most 10 seconds for a free connection, then answer 503 rather
+    # than hang past the timeout of the proxy in front of the app.
+    "pool_timeout": 10,
+}
+
+
+def init_app(app):
+    """Give the app its engines and session registry, and register the CLI."""
+    # One engine per database and app, created here and never per request:
+    # each engine owns its database's connection pool, with the same
+    # settings, so requests borrow connections from both.
+    options = {**POOL_DEFAULTS, **app.config["ENGINE_OPTIONS"]}
+    engine = create_engine(app.config["DATABASE_URL"], **options)
+    audit_engine = create_engine(app.config["AUDIT_DATABASE_URL"], **options)
+    app.extensions["engine"] = engine
+    app.extensions["audit_engine"] = audit_engine
+    engines = app.extensions["engines"] = {"messages": engine, "audit": audit_engine}
+    # A forked child (gunicorn --preload, multiprocessing) inherits the pool
+    # and its open connections; if both processes use one socket, their
+    # traffic interleaves. The child must start with a pool of its own.
+    for each in engines.values():
+        os.register_at_fork(after_in_child=partial(start_fresh_pool, weakref.ref(each)))
+    # Map the models from the tables as the databases have them now. This
+    # connects as the app is created: under gunicorn --preload, in the
+    # master before it forks, which start_fresh_pool above makes safe.
+    models = app.extensions["models"] = ReflectedModels(engines)
+    try:
+        models.get()
+    except (SchemaMissing, DBAPIError) as error:
+        # Start all the same, so that init-db can run; requests retry.
+        app.logger.warning("models not mapped yet: %s", str(error))
+    # One Session per thread: each request handled on a thread uses the
+    # Session that scoped_session keeps for that thread. Its binds send each
+    # class's statements to the engine of its base's database, as
+    # Flask-SQLAlchemy's __bind_key__ does, and commit() commits on both.
+    # Plain SQL, which names no class, goes to the main engine, as there.
+    bases = models.declared.bases
+    binds = {bases["messages"]: engine, bases["audit"]: audit_engine}
+    app.extensions["session"] = scoped_session(sessionmaker(bind=engine, binds=binds))
+    # Without this, the thread's Session would keep its transaction open
+    # and its connection checked out after the request.
+    app.teardown_appcontext(remove_session)
+    app.cli.add_command(init_db_command)
+
+
+def get_session():
+    """Return the current thread's Session from the app's registry."""
+    return current_app.extensions["session"]()
+
+
+def get_models():
+    """Return the current app's model classes, mapped from its database."""
+    return current_app.extensions["models"].get()
+
+
+class ReflectedModels:
+    """An app's model classes, mapped once the databases have their tables."""
+
+    def __init__(self, engines):
+        self.declared = declare_models()
+        self._engines = engines
+        self._unmapped = list(engines)
+        self._lock = threading.Lock()
+
+    def get(self):
+        """Return the models, mapping them first if not mapped yet."""
+        if self._unmapped:
+            with self._lock:
+                for database in list(self._unmapped):
+                    with self._engines[database].connect() as connection:
+                        map_models(self.declared, database, connection)
+                    self._unmapped.remove(database)
+        return self.declared
+
+
+def start_fresh_pool(engine_ref):
+    """Give a forked child an empty pool, leaving the parent's connections be."""
+    engine = engine_ref()
+    if engine is not None:
+        # close=False: forget the inherited connections without closing
+        # them, since closing would end them for the parent process too.
+        engine.dispose(close=False)
+
+
+def remove_session(exception=None):
+    """Close the thread's Session and forget it when the app context ends."""
+    # remove() closes the Session (rolling back what was not committed and
+    # returning its connection to the pool), then drops it from the
+    # registry, so the thread's next request starts with a new Session.
+    current_app.extensions["session"].remove()
+
+
+@click.command("init-db")
+@with_appcontext
+def init_db_command():
+    """Create the tables that do not exist yet in both databases."""
+    for database, engine in current_app.extensions["engines"].items():
+        schema = SCHEMA_FOLDER / database / f"{engine.dialect.name}.sql"
+        if not schema.is_file():
+            raise click.ClickException(f"no schema file for {engine.dialect.name}")
+        with engine.begin() as connection:
+            # One statement per semicolon: enough for this schema, which has
+            # no semicolon inside a statement. A schema tool parses properly.
+            for statement in schema.read_text().split(";"):
+                if statement.strip():
+                    connection.exec_driver_sql(statement)
+    click.echo("Initialized the database.")
