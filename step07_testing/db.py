@@ -65,8 +65,12 @@ def init_app(app):
     models = app.extensions["models"] = ReflectedModels(engines)
     try:
         models.get()
-    except (SchemaMissing, DBAPIError) as error:
-        # Start all the same, so that init-db can run; requests retry.
+    except SchemaMissing as error:
+        # Expected before init-db, which needs the app to start: requests
+        # answer 503 until it has run, then map the models themselves.
+        app.logger.info("models not mapped yet: %s", str(error))
+    except DBAPIError as error:
+        # Start all the same: requests retry, and answer 503 meanwhile.
         app.logger.warning("models not mapped yet: %s", str(error))
     # One Session per thread: each request handled on a thread uses the
     # Session that scoped_session keeps for that thread. Its binds send each
