@@ -13,6 +13,7 @@ from tests.postgres import Cluster
 from tests.postgres import find_binaries
 from tests.support import free_port
 
+from . import per_test
 from . import report
 from .apps import BASELINE
 from .apps import CASES
@@ -42,6 +43,11 @@ def parse_arguments():
     )
     parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
     parser.add_argument("--no-load", action="store_true", help="skip the load test")
+    parser.add_argument(
+        "--no-per-test",
+        action="store_true",
+        help="skip what a clean database costs per test (python -m bench.per_test)",
+    )
     parser.add_argument("--rounds", type=int, help="in-process rounds (15)")
     parser.add_argument(
         "--requests", type=int, help="requests per case and round (200)"
@@ -135,6 +141,9 @@ def main():
     report.chart(results, out / "results.png")
     for name in ("results.md", "results.json", "results.png"):
         print(out / name)
+    if not arguments.no_per_test:
+        for path in per_test.run(out, quick):
+            print(path)
 
 
 if __name__ == "__main__":

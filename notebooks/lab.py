@@ -198,26 +198,6 @@ def grouped_bar_chart(groups, title, ylabel):
     plt.show()
 
 
-class CallAsClient:
-    """Let timing.time_per_request() time any call, not only a GET.
-
-    time_per_request() sends ``GET path`` through each client it is given,
-    the cases taking turns round by round; this stand-in's ``get()`` makes
-    its call instead (creating an app, a POST), and answers 200 once the
-    call returned: the call checks its own result.
-    """
-
-    status_code = 200
-
-    def __init__(self, call):
-        self.call = call
-
-    def get(self, path):
-        """Make the call; ``path`` is not used."""
-        self.call()
-        return self
-
-
 class PoolSampler:
     """Sample ``checked_out`` of an engine's pool in a thread of its own.
 

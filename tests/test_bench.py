@@ -41,3 +41,16 @@ def test_the_quick_benchmark_writes_a_table_json_and_a_chart(tmp_path):
     for name in CASES:
         assert f"| {name} |" in table
     assert (tmp_path / "results.png").read_bytes().startswith(b"\x89PNG\r\n")
+    # What a clean database costs per test, three ways, on both backends.
+    per_test = json.loads((tmp_path / "per_test.json").read_text())
+    assert [backend["backend"] for backend in per_test["backends"]] == [
+        "sqlite",
+        "postgresql",
+    ]
+    for backend in per_test["backends"]:
+        assert list(backend["per_test"]) == [
+            "isolated(app)",
+            "a fresh database per test",
+            "deleting the rows after each test",
+        ]
+    assert "| isolated(app) |" in (tmp_path / "per_test.md").read_text()
