@@ -73,9 +73,11 @@ class PostgreSQLDatabases:
 
     def create(self):
         """Return the two URLs of a new pair of databases."""
+        # Each created when asked for, as a test harness commonly does.
+        name = f"test_{uuid.uuid4().hex[:12]}"
         return {
-            "DATABASE_URL": self.server.create_database(),
-            "AUDIT_DATABASE_URL": self.server.create_database(),
+            "DATABASE_URL": self.server.create_database(name),
+            "AUDIT_DATABASE_URL": self.server.create_database(f"{name}_audit"),
         }
 
     def drop(self, databases):

@@ -32,7 +32,9 @@ def skip_or_fail(reason):
 def postgres():
     """Return the PostgreSQL server of the run, started on first use."""
     if url := os.environ.get("TEST_POSTGRES_URL"):
-        yield Server(url)
+        server = Server(url)
+        yield server
+        server.close()
         return
     bindir = find_binaries()
     if bindir is None:

@@ -145,6 +145,45 @@ def test_a_request_that_fails_keeps_the_tests_earlier_writes(step, make_app, iso
     assert committed(app) == NOTHING
 
 
+def test_without_savepoints_a_failed_request_takes_earlier_writes_with_it(
+    step, make_app, isolated
+):
+    app = make_app(step)
+    client = app.test_client()
+
+    with isolated(app):
+        # The failing variant: the Session joins the held transaction
+        # without a savepoint, and its rollback is the whole test's.
+        app.extensions["session"].configure(join_transaction_mode="rollback_only")
+        client.post("/messages", json={"text": "earlier"})
+        refuse_the_next(app.extensions["audit_engine"], "INSERT")
+
+        assert client.post("/messages", json={"text": "refused"}).status_code == 503
+        # The failure rolled back the held transaction, the earlier write too.
+        assert client.get("/messages").get_json() == []
+
+    assert committed(app) == NOTHING
+
+
+def test_ids_taken_inside_are_free_again_on_sqlite_but_not_on_postgresql(
+    step, make_app, isolated, backend
+):
+    app = make_app(step)
+    client = app.test_client()
+    ids = []
+
+    for _ in range(2):
+        with isolated(app):
+            ids.append(client.post("/messages", json={"text": "x"}).get_json()["id"])
+
+    # SQLite picks the next rowid from the table; PostgreSQL's identity is
+    # a sequence, and a sequence never rolls back.
+    if backend == "sqlite":
+        assert ids[1] == ids[0]
+    else:
+        assert ids[1] > ids[0]
+
+
 def test_integrity_error_and_rollback_in_app_code_keep_earlier_writes(
     step, make_app, isolated
 ):

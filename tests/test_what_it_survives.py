@@ -78,8 +78,16 @@ def mixed_load(app, seed):
 
 
 @pytest.mark.parametrize("step", STEPS_UNDER_LOAD)
-def test_mixed_concurrent_load_loses_nothing_and_answers_no_5xx(step, make_app):
-    app = make_app(step)
+def test_mixed_concurrent_load_loses_nothing_and_answers_no_5xx(
+    step, make_app, backend
+):
+    # On a 2-core machine busy with the rest of the suite, a writer holding
+    # SQLite's lock can be kept off the CPU for seconds, and the writers
+    # waiting on it run out of the 5-second busy timeout (a 503, tested on
+    # its own below). A longer timeout keeps this test about what it checks:
+    # nothing lost, nothing doubled, no 5xx.
+    sqlite_waits = {"connect_args": {"timeout": 30}} if backend == "sqlite" else {}
+    app = make_app(step, engine_options=sqlite_waits)
     outcomes = [None] * THREADS
 
     def work(number):
