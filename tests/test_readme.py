@@ -117,3 +117,27 @@ def test_the_load_figures_are_those_of_the_reference_run():
     p99 = {row["concurrency"]: row["p99 ms"] for row in load["rows"]}
     assert f"({round(p99[64])} ms at 64 connections)" in text
     assert f"one outlier of {round(p99[8])} ms at 8" in text
+
+
+def test_the_per_test_costs_are_the_reference_run():
+    results = json.loads((ROOT / "bench" / "results" / "per_test.json").read_text())
+    by_backend = {
+        backend["backend"]: backend["per_test"] for backend in results["backends"]
+    }
+    section = README.split("**What it costs per test**")[1].split("**Try it.**")[0]
+    rows = re.findall(
+        r"^\| ([^|]+?) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$",
+        section,
+        re.M,
+    )
+
+    assert not results["quick"]
+    assert [name for name, *_ in rows] == list(by_backend["sqlite"])
+    for name, sqlite_ms, sqlite_ratio, postgres_ms, postgres_ratio in rows:
+        for backend, milliseconds, ratio in [
+            ("sqlite", sqlite_ms, sqlite_ratio),
+            ("postgresql", postgres_ms, postgres_ratio),
+        ]:
+            measured = by_backend[backend][name]
+            assert f"{measured['µs per request'] / 1000:.1f}" == milliseconds
+            assert measured["ratio"] == float(ratio), (backend, name)
