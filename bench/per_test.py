@@ -17,6 +17,7 @@ so every case proves it cleaned up after the test before.
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -24,13 +25,13 @@ import pathlib
 import tempfile
 import uuid
 
+from sqlalchemy import create_engine
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from step07_testing import create_app
 from step07_testing.testing import isolated
-from tests.postgres import Cluster
-from tests.postgres import find_binaries
-from tests.support import free_port
 
 from .timing import CallAsClient
 from .timing import time_per_request
@@ -45,45 +46,60 @@ def run_one_test(client):
     assert client.get("/messages").get_json() == [created.get_json()]
 
 
-class SQLiteDatabases:
-    """New pairs of SQLite files, in a folder of the run's own."""
+class FreshDatabases:
+    """New, empty databases, each beside one that the run already has.
 
-    def __init__(self, folder):
+    Beside a SQLite file, a file in a folder of the run's own; beside a
+    PostgreSQL database, one on the same server, created when asked for (as
+    a test harness commonly does), which needs a role that may create
+    databases.
+    """
+
+    def __init__(self, beside, folder):
+        self.beside = beside
         self.folder = pathlib.Path(folder)
+        self.created = self.dropped = 0
+        self._made_beside = {}
 
     def create(self):
-        """Return the two URLs of a new pair of databases."""
-        name = uuid.uuid4().hex[:12]
+        """Return a new pair: ``DATABASE_URL`` and ``AUDIT_DATABASE_URL``."""
+        name = f"fresh_{uuid.uuid4().hex[:12]}"
         return {
-            "DATABASE_URL": f"sqlite:///{self.folder / name}.sqlite",
-            "AUDIT_DATABASE_URL": f"sqlite:///{self.folder / name}-audit.sqlite",
+            key: self._create(url, f"{name}_{number}")
+            for number, (key, url) in enumerate(self.beside.items())
         }
 
     def drop(self, databases):
-        """Delete a pair's files."""
+        """Delete a pair that create() made."""
         for url in databases.values():
-            os.remove(url.removeprefix("sqlite:///"))
+            self.dropped += 1
+            if make_url(url).get_backend_name() == "sqlite":
+                os.remove(make_url(url).database)
+                continue
+            # From the database it was made beside: not from itself.
+            with _autocommit(self._made_beside.pop(url)) as connection:
+                name = make_url(url).database
+                connection.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+    def _create(self, beside, name):
+        self.created += 1
+        if make_url(beside).get_backend_name() == "sqlite":
+            return f"sqlite:///{self.folder / name}.sqlite"
+        with _autocommit(beside) as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        url = make_url(beside).set(database=name).render_as_string(hide_password=False)
+        self._made_beside[url] = beside
+        return url
 
 
-class PostgreSQLDatabases:
-    """New pairs of databases on a PostgreSQL server."""
-
-    def __init__(self, server):
-        self.server = server
-
-    def create(self):
-        """Return the two URLs of a new pair of databases."""
-        # Each created when asked for, as a test harness commonly does.
-        name = f"test_{uuid.uuid4().hex[:12]}"
-        return {
-            "DATABASE_URL": self.server.create_database(name),
-            "AUDIT_DATABASE_URL": self.server.create_database(f"{name}_audit"),
-        }
-
-    def drop(self, databases):
-        """Drop a pair of databases."""
-        for url in databases.values():
-            self.server.drop_database(url)
+@contextlib.contextmanager
+def _autocommit(url):
+    engine = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            yield connection
+    finally:
+        engine.dispose()
 
 
 def new_app(databases):
@@ -102,48 +118,57 @@ def dispose(app):
         engine.dispose()
 
 
-def cases(databases):
-    """Return each way to run one test on a clean database, as a client."""
-    isolated_app = new_app(databases.create())
-    deleting_app = new_app(databases.create())
+def delete_rows(app):
+    """Delete every row of both databases' tables, committed."""
+    for engine, table in [
+        (app.extensions["engine"], "messages"),
+        (app.extensions["audit_engine"], "audit_log"),
+    ]:
+        with engine.begin() as connection:
+            connection.execute(text(f"DELETE FROM {table}"))
+
+
+def ways(app, fresh=None):
+    """Return each way to run one test on a clean database, by name.
+
+    ``app`` serves the tests of the ways that keep one app for the run; a
+    fresh database per test is among them when ``fresh`` makes databases.
+    """
 
     def in_isolation():
-        with isolated(isolated_app):
-            run_one_test(isolated_app.test_client())
+        with isolated(app):
+            run_one_test(app.test_client())
 
     def on_a_fresh_database():
-        urls = databases.create()
-        app = new_app(urls)
+        urls = fresh.create()
+        fresh_app = new_app(urls)
         try:
-            run_one_test(app.test_client())
+            run_one_test(fresh_app.test_client())
         finally:
-            dispose(app)
-            databases.drop(urls)
+            # Its pools closed first: a database in use cannot be dropped.
+            dispose(fresh_app)
+            fresh.drop(urls)
 
     def then_deleting_the_rows():
-        run_one_test(deleting_app.test_client())
-        for engine, table in [
-            (deleting_app.extensions["engine"], "messages"),
-            (deleting_app.extensions["audit_engine"], "audit_log"),
-        ]:
-            with engine.begin() as connection:
-                connection.execute(text(f"DELETE FROM {table}"))
+        run_one_test(app.test_client())
+        delete_rows(app)
 
-    return {
-        BASELINE: CallAsClient(in_isolation),
-        "a fresh database per test": CallAsClient(on_a_fresh_database),
-        "deleting the rows after each test": CallAsClient(then_deleting_the_rows),
-    }, [isolated_app, deleting_app]
+    found = {BASELINE: in_isolation}
+    if fresh is not None:
+        found["a fresh database per test"] = on_a_fresh_database
+    found["deleting the rows after each test"] = then_deleting_the_rows
+    return found
 
 
-def measure(backend, databases, tests, rounds):
+def measure(backend, beside, folder, tests, rounds):
     """Time each way on one backend; return µs per test and ratios."""
-    clients, apps = cases(databases)
+    fresh = FreshDatabases(beside, folder)
+    app = new_app(fresh.create())
     try:
+        clients = {name: CallAsClient(way) for name, way in ways(app, fresh).items()}
         timings = time_per_request(clients, "a test", tests, rounds, BASELINE)
     finally:
-        for app in apps:
-            dispose(app)
+        dispose(app)
     return {"backend": backend, "per_test": timings}
 
 
@@ -170,21 +195,33 @@ def markdown(results):
 
 def run(out, quick):
     """Measure on SQLite and on a throwaway PostgreSQL; write the outputs."""
+    # The harness's PostgreSQL, imported here so that the notebooks, which
+    # cannot import the tests, can import this module.
+    from tests.postgres import Cluster
+    from tests.postgres import find_binaries
+    from tests.support import free_port
+
     tests, rounds = (3, 2) if quick else (20, 9)
     results = {"quick": quick, "backends": []}
     with tempfile.TemporaryDirectory() as folder:
-        results["backends"].append(
-            measure("sqlite", SQLiteDatabases(folder), tests, rounds)
-        )
-    bindir = find_binaries()
-    if bindir is not None:
-        cluster = Cluster(bindir, free_port())
-        try:
-            results["backends"].append(
-                measure("postgresql", PostgreSQLDatabases(cluster), tests, rounds)
-            )
-        finally:
-            cluster.destroy()
+        beside = {
+            "DATABASE_URL": f"sqlite:///{folder}/messages.sqlite",
+            "AUDIT_DATABASE_URL": f"sqlite:///{folder}/audit.sqlite",
+        }
+        results["backends"].append(measure("sqlite", beside, folder, tests, rounds))
+        bindir = find_binaries()
+        if bindir is not None:
+            cluster = Cluster(bindir, free_port())
+            try:
+                beside = {
+                    "DATABASE_URL": cluster.create_database("messages"),
+                    "AUDIT_DATABASE_URL": cluster.create_database("audit"),
+                }
+                results["backends"].append(
+                    measure("postgresql", beside, folder, tests, rounds)
+                )
+            finally:
+                cluster.destroy()
 
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)

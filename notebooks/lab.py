@@ -158,14 +158,20 @@ def line_chart(series, xlabel, title, ylabel="connections"):
     plt.show()
 
 
-def bar_chart(timings, title, ylabel="µs per request (median)"):
-    """Draw what time_per_request() measured, with each ratio over its bar."""
+def bar_chart(timings, title, ylabel="µs per request (median)", log=False):
+    """Draw what time_per_request() measured, with each ratio over its bar.
+
+    With ``log=True`` the axis is logarithmic, for cases that differ by
+    orders of magnitude.
+    """
     names = list(timings)
     values = [timings[name]["µs per request"] for name in names]
     figure, axes = plt.subplots(figsize=(7, 3))
     labels = [textwrap.fill(name, 16) for name in names]
     bars = axes.bar(labels, values, color="#4c72b0")
     axes.bar_label(bars, [f"×{timings[name]['ratio']:.2f}" for name in names])
+    if log:
+        axes.set_yscale("log")
     axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.margins(y=0.2)
