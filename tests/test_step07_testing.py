@@ -302,7 +302,7 @@ def test_the_example_tests_pass_and_leave_the_databases_empty(step, databases_fo
     )
 
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "3 passed" in run.stdout
+    assert "4 passed" in run.stdout
     app = import_step(step).create_app(databases)
     assert committed(app) == NOTHING
     for engine in app.extensions["engines"].values():

@@ -1,9 +1,12 @@
 """Example tests: each writes through the API, and none sees another's writes.
 
-Run them with ``.venv/bin/pytest step07_testing/example_tests``. pytest runs
-the tests of a file in order: the second finds nothing of what the first
-wrote and committed.
+Run them with ``.venv/bin/pytest -n 0 step07_testing/example_tests``: in
+one process, pytest runs the tests of a file in order, and the third finds
+nothing of what the first two, and the second's fixture, wrote and
+committed.
 """
+
+import pytest
 
 
 def test_a_message_written_and_committed(client):
@@ -14,6 +17,16 @@ def test_a_message_written_and_committed(client):
         "only in this test"
     ]
     assert [entry["action"] for entry in client.get("/audit").get_json()] == ["create"]
+
+
+@pytest.fixture
+def greeting(client):
+    """Return a message that a fixture wrote: rolled back with the test."""
+    return client.post("/messages", json={"text": "hello"}).get_json()
+
+
+def test_a_fixture_writes_inside_the_same_isolation(client, greeting):
+    assert client.get("/messages").get_json() == [greeting]
 
 
 def test_the_next_test_finds_none_of_it(client):
