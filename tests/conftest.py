@@ -51,25 +51,46 @@ def backend(request):
     return request.param
 
 
-@pytest.fixture
-def new_database(backend, tmp_path, request):
-    """Return a function that creates an empty database of the test's own."""
-    created = []
+class Databases:
+    """Empty databases on one backend, created on demand and dropped after."""
 
-    def create(name):
-        if backend == "sqlite":
-            return f"sqlite:///{tmp_path / f'{name}.sqlite'}"
-        server = request.getfixturevalue("postgres")
+    def __init__(self, backend, folder, request):
+        self.backend = backend
+        self.folder = folder
+        self.request = request
+        self.created = []
+
+    def create(self, name):
+        """Return the URL of a new, empty database."""
+        if self.backend == "sqlite":
+            return f"sqlite:///{self.folder / f'{name}.sqlite'}"
+        server = self.request.getfixturevalue("postgres")
         if server is None:
             skip_or_fail(HOW_TO_GET_POSTGRES)
         url = server.create_database()
-        created.append((server, url))
+        self.created.append((server, url))
         return url
 
-    yield create
+    def for_step(self, step):
+        """Return the databases of a step's app: DATABASE_URL, and for the
+        steps that have a second database, AUDIT_DATABASE_URL."""
+        urls = {"DATABASE_URL": self.create("test")}
+        if step in STEPS_WITH_TWO_DATABASES:
+            urls["AUDIT_DATABASE_URL"] = self.create("audit")
+        return urls
 
-    for server, url in created:
-        server.drop_database(url)
+    def drop(self):
+        """Drop the PostgreSQL databases created so far."""
+        for server, url in self.created:
+            server.drop_database(url)
+
+
+@pytest.fixture
+def new_database(backend, tmp_path, request):
+    """Return a function that creates an empty database of the test's own."""
+    databases = Databases(backend, tmp_path, request)
+    yield databases.create
+    databases.drop()
 
 
 @pytest.fixture
@@ -116,28 +137,42 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def create_app_with_tables(step, databases, engine_options=None, **config):
+    """Create a step's app on its databases, once init-db has run on them."""
+    module = import_step(step)
+    # init-db runs through the CLI of an app of its own, so that the app
+    # under test starts with an untouched pool.
+    initializer = module.create_app(databases)
+    result = initializer.test_cli_runner().invoke(args=["init-db"])
+    assert result.output == "Initialized the database.\n", result.output
+    dispose_engines(initializer)
+    return module.create_app(
+        {
+            "TESTING": True,
+            **databases,
+            "ENGINE_OPTIONS": engine_options or {},
+            **config,
+        }
+    )
+
+
+def close_app(app):
+    """Close what an app holds: this thread's Session, its engines' pools."""
+    # Clean up what a step without teardown leaves in this thread.
+    if "session" in app.extensions:
+        with app.app_context():
+            app.extensions["session"].remove()
+    dispose_engines(app)
+
+
 @pytest.fixture
 def make_app(databases_for):
     """Return a factory of step apps on the test's databases, tables created."""
     apps = []
 
     def make(step, engine_options=None, **config):
-        module = import_step(step)
-        databases = databases_for(step)
-        # init-db runs through the CLI of an app of its own, so that the app
-        # under test starts with an untouched pool.
-        initializer = module.create_app(databases)
-        result = initializer.test_cli_runner().invoke(args=["init-db"])
-        assert result.output == "Initialized the database.\n", result.output
-        dispose_engines(initializer)
-
-        app = module.create_app(
-            {
-                "TESTING": True,
-                **databases,
-                "ENGINE_OPTIONS": engine_options or {},
-                **config,
-            }
+        app = create_app_with_tables(
+            step, databases_for(step), engine_options, **config
         )
         apps.append(app)
         return app
@@ -145,11 +180,27 @@ def make_app(databases_for):
     yield make
 
     for app in apps:
-        # Clean up what a step without teardown leaves in this thread.
-        if "session" in app.extensions:
-            with app.app_context():
-                app.extensions["session"].remove()
-        dispose_engines(app)
+        close_app(app)
+
+
+@pytest.fixture(
+    scope="module",
+    params=[(step, backend) for step in STEPS for backend in ("sqlite", "postgresql")],
+    ids=lambda param: "-".join(param),
+)
+def shared_client(request, tmp_path_factory):
+    """Return a test client of one app per step and database, for a module.
+
+    Only for tests that leave the database as they found it, and check that
+    they did (bad input, routing errors): one app, and one database, serve
+    them all, which spares each a database and two apps of its own.
+    """
+    step, backend = request.param
+    databases = Databases(backend, tmp_path_factory.mktemp(step), request)
+    app = create_app_with_tables(step, databases.for_step(step))
+    yield app.test_client()
+    close_app(app)
+    databases.drop()
 
 
 def dispose_engines(app):
