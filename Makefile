@@ -10,6 +10,10 @@ PORT ?= 5000
 # sqlite: a file in instance/; postgresql: a throwaway server of its own.
 DB ?= sqlite
 NOTEBOOK_PORT ?= 8888
+# Test workers (pytest-xdist), each with a PostgreSQL server of its own: one
+# more than the cores, since much of the suite waits (browsers, servers
+# starting, timeouts) rather than computes.
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 # More options for JupyterLab, for example --no-browser.
 NOTEBOOK_ARGS ?=
 VENV := .venv
@@ -42,7 +46,7 @@ else
 endif
 
 test: $(INSTALLED)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

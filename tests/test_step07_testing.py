@@ -291,7 +291,7 @@ def test_the_example_tests_pass_and_leave_the_databases_empty(step, databases_fo
 
     run = subprocess.run(
         [
-            *(sys.executable, "-m", "pytest", "-n", "0", "-p", "no:cacheprovider"),
+            *(sys.executable, "-m", "pytest", "-p", "no:cacheprovider"),
             f"{step}/example_tests",
         ],
         cwd=ROOT,

@@ -1,9 +1,8 @@
 """Example tests: each writes through the API, and none sees another's writes.
 
-Run them with ``.venv/bin/pytest -n 0 step07_testing/example_tests``: in
-one process, pytest runs the tests of a file in order, and the third finds
-nothing of what the first two, and the second's fixture, wrote and
-committed.
+Run them with ``.venv/bin/pytest step07_testing/example_tests``: pytest
+runs the tests of a file in order, and the third finds nothing of what the
+first two, and the second's fixture, wrote and committed.
 """
 
 import pytest
