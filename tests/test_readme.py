@@ -69,24 +69,32 @@ def test_each_line_the_readme_points_at_holds_the_code_it_names(path, line, code
     assert code in lines[int(line) - 1]
 
 
-def test_the_readmes_benchmark_table_is_the_reference_run():
-    results = json.loads((ROOT / "bench" / "results" / "results.json").read_text())
-    by_backend = {
-        backend["backend"]: backend["in_process"] for backend in results["backends"]
-    }
+def reference_table(results_file, key, text, time_format):
+    """Check a README table against a reference run of the benchmark.
+
+    Each row names a case, then its time and ratio on SQLite, then on
+    PostgreSQL; ``time_format`` writes a measured µs as the table does.
+    """
+    results = json.loads((ROOT / "bench" / "results" / results_file).read_text())
+    by_backend = {backend["backend"]: backend[key] for backend in results["backends"]}
     rows = re.findall(
-        r"^\| ([^|]+?) \| (\d+) \| ([\d.]+) \| (\d+) \| ([\d.]+) \|$", README, re.M
+        r"^\| ([^|]+?) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", text, re.M
     )
 
+    assert not results["quick"]
     assert [name for name, *_ in rows] == list(by_backend["sqlite"])
-    for name, sqlite_us, sqlite_ratio, postgres_us, postgres_ratio in rows:
-        for backend, microseconds, ratio in [
-            ("sqlite", sqlite_us, sqlite_ratio),
-            ("postgresql", postgres_us, postgres_ratio),
-        ]:
+    for name, *cells in rows:
+        for backend, (time, ratio) in zip(
+            ("sqlite", "postgresql"), (cells[:2], cells[2:]), strict=True
+        ):
             measured = by_backend[backend][name]
-            assert measured["µs per request"] == int(microseconds), (backend, name)
+            assert time_format(measured["µs per request"]) == time, (backend, name)
             assert measured["ratio"] == float(ratio), (backend, name)
+
+
+def test_the_readmes_benchmark_table_is_the_reference_run():
+    section = README.split("## The benchmark")[1].split("What the rows say")[0]
+    reference_table("results.json", "in_process", section, str)
 
 
 def test_the_survival_figures_are_those_of_the_tests():
@@ -120,24 +128,5 @@ def test_the_load_figures_are_those_of_the_reference_run():
 
 
 def test_the_per_test_costs_are_the_reference_run():
-    results = json.loads((ROOT / "bench" / "results" / "per_test.json").read_text())
-    by_backend = {
-        backend["backend"]: backend["per_test"] for backend in results["backends"]
-    }
     section = README.split("**What it costs per test**")[1].split("**Try it.**")[0]
-    rows = re.findall(
-        r"^\| ([^|]+?) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$",
-        section,
-        re.M,
-    )
-
-    assert not results["quick"]
-    assert [name for name, *_ in rows] == list(by_backend["sqlite"])
-    for name, sqlite_ms, sqlite_ratio, postgres_ms, postgres_ratio in rows:
-        for backend, milliseconds, ratio in [
-            ("sqlite", sqlite_ms, sqlite_ratio),
-            ("postgresql", postgres_ms, postgres_ratio),
-        ]:
-            measured = by_backend[backend][name]
-            assert f"{measured['µs per request'] / 1000:.1f}" == milliseconds
-            assert measured["ratio"] == float(ratio), (backend, name)
+    reference_table("per_test.json", "per_test", section, lambda us: f"{us / 1000:.1f}")
