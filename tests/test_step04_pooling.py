@@ -84,20 +84,23 @@ def test_without_pre_ping_one_request_meets_the_dropped_connection(
     assert pool_status(client)["connects"] == 2
 
 
-@pytest.mark.parametrize(("recycle", "connects"), [(0.5, 2), (None, 1)])
+@pytest.mark.parametrize(("recycle", "replaced"), [(0.5, 1), (None, 0)])
 def test_pool_recycle_replaces_connections_older_than_the_limit(
-    step, make_app, recycle, connects
+    step, make_app, recycle, replaced
 ):
     options = {"pool_recycle": recycle} if recycle is not None else {}
     client = make_app(step, engine_options=options).test_client()
     assert client.get("/messages").status_code == 200
+    # From step 5 on the connection dates from startup, and a busy machine
+    # may have taken longer than the limit to get here: count from now.
+    connects = pool_status(client)["connects"]
 
     time.sleep(0.6)
     # Recycling acts only at checkout: nothing happened while the pool idled.
-    assert pool_status(client)["connects"] == 1
+    assert pool_status(client)["connects"] == connects
 
     assert client.get("/messages").status_code == 200
-    assert pool_status(client)["connects"] == connects
+    assert pool_status(client)["connects"] == connects + replaced
 
 
 def request_and_report(client):
