@@ -9,10 +9,12 @@ from datetime import datetime
 from datetime import timedelta
 
 import pytest
+from flask import Flask
 from sqlalchemy import inspect
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from .support import ROOT
 from .support import STEPS
 from .support import connections_opened_at_startup
 from .support import delete_elsewhere_before
@@ -355,11 +357,25 @@ def test_init_db_creates_the_table_and_can_run_twice(step, database_url):
     engine.dispose()
 
 
+def keep_out_of_the_instance_folder(monkeypatch, tmp_path):
+    """Give apps an instance folder in tmp_path instead of the repository's.
+
+    From step 5 on, creating an app connects to its database, which creates
+    the SQLite file: a test must not leave one in the reader's instance/.
+    """
+    monkeypatch.setattr(
+        Flask, "auto_find_instance_path", lambda app: str(tmp_path / "instance")
+    )
+
+
 def test_the_default_database_is_a_sqlite_file_in_the_instance_folder(
-    step, monkeypatch
+    step, monkeypatch, tmp_path
 ):
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.delenv("FLASK_DATABASE_URL", raising=False)
+    # Flask's instance folder for a step is the repository's instance/.
+    assert Flask(step).instance_path == str(ROOT / "instance")
+    keep_out_of_the_instance_folder(monkeypatch, tmp_path)
 
     app = import_step(step).create_app()
 

@@ -20,6 +20,7 @@ from .support import in_forked_child
 from .support import lose_connection_before
 from .support import pool_status
 from .support import steps_from
+from .test_contract import keep_out_of_the_instance_folder
 
 STEPS_WITH_TWO_DATABASES = steps_from("step06_multiple_databases")
 
@@ -150,9 +151,12 @@ def test_teardown_returns_both_databases_connections(step, make_app):
     assert status["checked_out"] == status["audit"]["checked_out"] == 0
 
 
-def test_the_audit_database_is_a_second_sqlite_file_by_default(step, monkeypatch):
+def test_the_audit_database_is_a_second_sqlite_file_by_default(
+    step, monkeypatch, tmp_path
+):
     monkeypatch.delenv("AUDIT_DATABASE_URL")
     monkeypatch.delenv("DATABASE_URL", raising=False)
+    keep_out_of_the_instance_folder(monkeypatch, tmp_path)
 
     app = import_step(step).create_app()
 
