@@ -170,6 +170,7 @@ def test_the_audit_database_url_is_read_from_the_environment(
     step, monkeypatch, tmp_path, variable
 ):
     monkeypatch.setenv(variable, f"sqlite:///{tmp_path / 'elsewhere.sqlite'}")
+    keep_out_of_the_instance_folder(monkeypatch, tmp_path)
 
     app = import_step(step).create_app()
 
