@@ -16,6 +16,7 @@ from sqlalchemy import create_engine
 from sqlalchemy import event
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from .support import ROOT
@@ -342,3 +343,26 @@ def test_code_that_opens_its_own_connection_sees_none_of_the_tests_writes(
             assert seen.scalar_one() == 0
         assert committed(app) == NOTHING
         assert len(client.get("/messages").get_json()) == 1
+
+
+# Python's own sqlite3 transaction handling is SQLite's alone.
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_on_sqlite_without_the_begin_handling_a_savepoint_commits_for_real(
+    make_app,
+):
+    # The failing variant of isolated()'s SQLite care: the recipe as it is
+    # on other databases. Python's sqlite3 sends no BEGIN for SAVEPOINT,
+    # so the savepoint starts the transaction and its RELEASE commits it.
+    app = make_app("step07_testing")
+    engine = app.extensions["engine"]
+    Message = app.extensions["models"].get().Message
+
+    with engine.connect() as connection:
+        outer = connection.begin()
+        session = Session(bind=connection, join_transaction_mode="create_savepoint")
+        session.add(Message(text="meant to roll back"))
+        session.commit()
+        session.close()
+        outer.rollback()
+
+    assert committed(app)["messages"] == ["meant to roll back"]
