@@ -4,6 +4,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 from sqlalchemy import create_engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import scoped_session
 from sqlalchemy.orm import sessionmaker
 
@@ -40,7 +41,16 @@ def remove_session(exception=None):
     # remove() closes the Session (rolling back what was not committed and
     # returning its connection to the pool), then drops it from the
     # registry, so the thread's next request starts with a new Session.
-    current_app.extensions["session"].remove()
+    sessions = current_app.extensions["session"]
+    try:
+        sessions.remove()
+    except DBAPIError as error:
+        # The connection was lost after the answer was ready, and its
+        # rollback failed: SQLAlchemy has discarded it already. The answer
+        # stands rather than turning into a 500; the Session is forgotten
+        # all the same, so that the thread's next request starts afresh.
+        current_app.logger.warning("connection lost in teardown", exc_info=error)
+        sessions.registry.clear()
 
 
 @click.command("init-db")

@@ -93,6 +93,19 @@ def lose_connection_before(engine, statement_start):
     event.listen(engine, "before_cursor_execute", close_connection)
 
 
+def lose_connection_at_next_rollback(engine):
+    """Close the DBAPI connection just before the next rollback is sent.
+
+    As if the server went away after the request's last statement: the
+    rollback that teardown sends fails, on a disconnect.
+    """
+
+    def close_connection(conn):
+        conn.connection.dbapi_connection.close()
+
+    event.listen(engine, "rollback", close_connection, once=True)
+
+
 def drop_next_returned_connection(engine):
     """Close the next connection returned to the pool, as a server would.
 
