@@ -7,7 +7,8 @@
 PYTHON ?= python3
 STEP ?= step01_engine
 PORT ?= 5000
-# sqlite: a file in instance/; postgresql: a throwaway server of its own.
+# sqlite: a file in instance/; postgresql: a throwaway server of its own;
+# pgbouncer: a throwaway server behind PgBouncer, for step08_pgbouncer.
 DB ?= sqlite
 NOTEBOOK_PORT ?= 8888
 # Test workers (pytest-xdist), each with a PostgreSQL server of its own: one
@@ -39,10 +40,12 @@ SERVE_STEP = $(BIN)/flask --app $(STEP) init-db && $(BIN)/flask --app $(STEP) ru
 run: $(INSTALLED)
 ifeq ($(DB),postgresql)
 	$(BIN)/python -m tests.postgres sh -c '$(SERVE_STEP)'
+else ifeq ($(DB),pgbouncer)
+	$(BIN)/python -m tests.pgbouncer sh -c '$(SERVE_STEP)'
 else ifeq ($(DB),sqlite)
 	$(SERVE_STEP)
 else
-	$(error DB=$(DB): choose DB=sqlite or DB=postgresql)
+	$(error DB=$(DB): choose DB=sqlite, DB=postgresql or DB=pgbouncer)
 endif
 
 test: $(INSTALLED)

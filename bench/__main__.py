@@ -4,17 +4,21 @@ import argparse
 import json
 import pathlib
 import platform
+import sys
 import tempfile
 from importlib import metadata
 
 import sqlalchemy
 
+from tests.pgbouncer import HOW_TO_GET_PGBOUNCER
+from tests.pgbouncer import find_pgbouncer
 from tests.postgres import Cluster
 from tests.postgres import find_binaries
 from tests.support import free_port
 
 from . import per_test
 from . import report
+from . import scale_out
 from .apps import BASELINE
 from .apps import CASES
 from .apps import prepare_database
@@ -47,6 +51,12 @@ def parse_arguments():
         "--no-per-test",
         action="store_true",
         help="skip what a clean database costs per test (python -m bench.per_test)",
+    )
+    parser.add_argument(
+        "--no-scale-out",
+        action="store_true",
+        help="skip step 8's instances on one small PostgreSQL, with and without"
+        " PgBouncer (python -m bench.scale_out)",
     )
     parser.add_argument("--rounds", type=int, help="in-process rounds (15)")
     parser.add_argument(
@@ -144,6 +154,12 @@ def main():
     if not arguments.no_per_test:
         for path in per_test.run(out, quick):
             print(path)
+    if not arguments.no_scale_out and not arguments.no_load:
+        if find_pgbouncer() is None or find_binaries() is None:
+            print(f"scale-out skipped: {HOW_TO_GET_PGBOUNCER}", file=sys.stderr)
+        else:
+            for path in scale_out.run(out, quick):
+                print(path)
 
 
 if __name__ == "__main__":

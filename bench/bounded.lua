@@ -14,7 +14,7 @@ function done(summary, latency, requests)
   local errors = summary.errors.connect + summary.errors.read
     + summary.errors.write + summary.errors.status + summary.errors.timeout
   io.write(string.format(
-    '{"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "errors": %d}\n',
+    '{"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "errors": %d, "non_2xx": %d}\n',
     summary.requests, summary.duration, latency:percentile(50),
-    latency:percentile(99), errors))
+    latency:percentile(99), errors, summary.errors.status))
 end

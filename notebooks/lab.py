@@ -6,11 +6,16 @@ here only sets the stage and draws.
 """
 
 import atexit
+import contextlib
 import html
+import importlib
 import logging
 import multiprocessing
 import os
+import pathlib
 import shutil
+import signal
+import sys
 import tempfile
 import textwrap
 import threading
@@ -28,6 +33,54 @@ from sqlalchemy.pool import NullPool
 
 _folder = tempfile.mkdtemp(prefix="flask-sqlalchemy-notebook-")
 atexit.register(shutil.rmtree, _folder, ignore_errors=True)
+
+
+def harness(name):
+    """Import and return a module of the test suite's harness, ``tests/<name>.py``.
+
+    What the tests use to start real processes (a throwaway PostgreSQL,
+    PgBouncer, gunicorn) serves a notebook too. ``tests`` is no installed
+    package: the repository's root, one folder up, goes on ``sys.path``.
+    """
+    root = pathlib.Path(__file__).resolve().parent.parent
+    if str(root) not in sys.path:
+        sys.path.append(str(root))
+    module = importlib.import_module(f"tests.{name}")
+    if not pathlib.Path(module.__file__).resolve().is_relative_to(root / "tests"):
+        raise ImportError(f"tests.{name} is not this repository's: {module.__file__}")
+    return module
+
+
+# What on_kernel_stop() was given, run in reverse order when the kernel stops,
+# and last this kernel's folder, which a SIGTERM would leave behind.
+_at_kernel_stop = contextlib.ExitStack()
+_at_kernel_stop.callback(shutil.rmtree, _folder, ignore_errors=True)
+
+
+def on_kernel_stop(callback):
+    """Call ``callback`` when the kernel stops, whichever way Jupyter stops it.
+
+    For processes a notebook starts that outlive it, such as a server. A
+    kernel asked to shut down may not exit by itself: ipykernel first waits
+    for its child processes to go, and a child that exited but was never
+    waited for is still listed. Jupyter then sends it SIGTERM, which ends
+    Python without running ``atexit`` hooks. So the callbacks run at exit,
+    or on SIGTERM, before the kernel dies of it; each runs once.
+    """
+    if signal.getsignal(signal.SIGTERM) is not _stop_on_sigterm:
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    _at_kernel_stop.callback(callback)
+
+
+def _stop_on_sigterm(signum, frame):
+    try:
+        _at_kernel_stop.close()
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+atexit.register(_at_kernel_stop.close)
 
 
 def database_url():

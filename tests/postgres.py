@@ -127,10 +127,13 @@ class Cluster(Server):
 
     can_stop = True
 
-    def __init__(self, bindir, port):
+    def __init__(self, bindir, port, settings=None):
         super().__init__(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres")
         self.bindir = bindir
         self.port = port
+        # Server settings over the harness's own: step 8's drills need a
+        # small max_connections.
+        self.settings = settings or {}
         self.folder = tempfile.mkdtemp(prefix="flask-sqlalchemy-postgres-")
         self.data = os.path.join(self.folder, "data")
         self.log = os.path.join(self.folder, "server.log")
@@ -154,6 +157,7 @@ class Cluster(Server):
                 "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
                 # Two-phase commit, off by default, for step 6's drill.
                 "-c max_prepared_transactions=10",
+                *(f"-c {name}={value}" for name, value in self.settings.items()),
             ]
         )
         self._run(

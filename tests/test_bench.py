@@ -7,8 +7,11 @@ import sys
 from bench.apps import CASES  # noqa: I001
 from bench.load import HOW_TO_GET_WRK
 from bench.load import find_wrk
+from bench.scale_out import CASES as SCALE_OUT_CASES
 
 from .conftest import skip_or_fail
+from .pgbouncer import HOW_TO_GET_PGBOUNCER
+from .pgbouncer import find_pgbouncer
 from .postgres import HOW_TO_GET_POSTGRES
 from .postgres import find_binaries
 from .support import ROOT
@@ -19,13 +22,15 @@ def test_the_quick_benchmark_writes_a_table_json_and_a_chart(tmp_path):
         skip_or_fail(HOW_TO_GET_POSTGRES)
     if find_wrk() is None:
         skip_or_fail(HOW_TO_GET_WRK)
+    if find_pgbouncer() is None:
+        skip_or_fail(HOW_TO_GET_PGBOUNCER)
 
     completed = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=240,
     )
 
     assert completed.returncode == 0, completed.stderr
@@ -54,3 +59,7 @@ def test_the_quick_benchmark_writes_a_table_json_and_a_chart(tmp_path):
             "deleting the rows after each test",
         ]
     assert "| isolated(app) |" in (tmp_path / "per_test.md").read_text()
+    # Step 8's instances on one small PostgreSQL, each case once.
+    scaled = json.loads((tmp_path / "scale_out.json").read_text())
+    assert [row["case"] for row in scaled["rows"]] == list(SCALE_OUT_CASES)
+    assert (tmp_path / "scale_out.png").read_bytes().startswith(b"\x89PNG\r\n")

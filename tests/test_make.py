@@ -10,6 +10,8 @@ import pytest
 import requests
 
 from .conftest import skip_or_fail
+from .pgbouncer import HOW_TO_GET_PGBOUNCER
+from .pgbouncer import find_pgbouncer
 from .postgres import HOW_TO_GET_POSTGRES
 from .postgres import find_binaries
 from .support import ROOT
@@ -18,20 +20,26 @@ from .support import free_port
 
 # Ctrl-C in a terminal sends SIGINT to the whole foreground group; kill and
 # closing the terminal, SIGTERM.
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize(
+    ("db", "step", "stop_signal"),
+    [
+        ("postgresql", "step06_multiple_databases", signal.SIGINT),
+        ("postgresql", "step06_multiple_databases", signal.SIGTERM),
+        ("pgbouncer", "step08_pgbouncer", signal.SIGINT),
+    ],
+)
 def test_make_run_db_postgresql_serves_the_step_on_a_throwaway_server(
-    tmp_path, stop_signal
+    tmp_path, db, step, stop_signal
 ):
     if find_binaries() is None:
         skip_or_fail(HOW_TO_GET_POSTGRES)
+    if db == "pgbouncer" and find_pgbouncer() is None:
+        skip_or_fail(HOW_TO_GET_PGBOUNCER)
     port = free_port()
     log_path = tmp_path / "make-run.log"
     with open(log_path, "wb") as log:
         make = subprocess.Popen(
-            [
-                *("make", "run", "DB=postgresql"),
-                *("STEP=step06_multiple_databases", f"PORT={port}"),
-            ],
+            [*("make", "run", f"DB={db}"), *(f"STEP={step}", f"PORT={port}")],
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -51,20 +59,27 @@ def test_make_run_db_postgresql_serves_the_step_on_a_throwaway_server(
                 time.sleep(0.2)
         created = requests.post(url + "/messages", json={"text": "on PostgreSQL"})
         listed = requests.get(url + "/messages", timeout=10).json()
+        page = requests.get(url, timeout=10).text
     finally:
         os.killpg(make.pid, stop_signal)
         make.wait(timeout=60)
 
-    assert pool["url"].startswith("postgresql+psycopg://postgres@127.0.0.1:")
+    # Behind PgBouncer, as the app's role, with BEHIND_POOLER on.
+    user = "app" if db == "pgbouncer" else "postgres"
+    assert pool["url"].startswith(f"postgresql+psycopg://{user}@127.0.0.1:")
     assert pool["url"].endswith("/messages")
+    if db == "pgbouncer":
+        assert "This app runs with <code>BEHIND_POOLER</code> on." in page
     # Step 6's audit database is a second database on the same server.
     assert pool["audit"]["url"] == pool["url"].removesuffix("messages") + "audit"
     assert created.status_code == 201
     assert [message["text"] for message in listed] == ["on PostgreSQL"]
     # The cluster is gone with the command that used it.
-    folder = re.search(r"A throwaway PostgreSQL in (\S+),", log_path.read_text())
-    assert folder is not None, log_path.read_text()
+    folders = re.findall(
+        r"(?:A throwaway PostgreSQL|PgBouncer) in (/\S+)[,\s]", log_path.read_text()
+    )
+    assert len(folders) == (2 if db == "pgbouncer" else 1), log_path.read_text()
     deadline = time.monotonic() + 30
-    while os.path.exists(folder.group(1)) and time.monotonic() < deadline:
+    while any(map(os.path.exists, folders)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not os.path.exists(folder.group(1))
+    assert not any(map(os.path.exists, folders))

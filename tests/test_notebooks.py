@@ -8,9 +8,15 @@ import subprocess
 import time
 
 import nbformat
+import pytest
 import requests
 from nbclient import NotebookClient
 
+from .conftest import skip_or_fail
+from .pgbouncer import HOW_TO_GET_PGBOUNCER
+from .pgbouncer import find_pgbouncer
+from .postgres import HOW_TO_GET_POSTGRES
+from .postgres import find_binaries
 from .support import ROOT
 from .support import STEPS
 from .support import free_port
@@ -58,14 +64,35 @@ def test_every_cell_after_the_setup_ends_with_an_assert(step):
         assert isinstance(last_statement, ast.Assert), cell.source
 
 
+# Step 8's notebook starts a PostgreSQL and a PgBouncer of its own, whatever
+# DATABASE_URL says: it runs once.
+NOTEBOOK_RUNS = [
+    (step, backend)
+    for step in STEPS
+    for backend in (
+        ["postgresql"] if step == "step08_pgbouncer" else ["sqlite", "postgresql"]
+    )
+]
+
+
+@pytest.mark.parametrize(
+    ("step", "backend"), NOTEBOOK_RUNS, ids=["-".join(run) for run in NOTEBOOK_RUNS]
+)
 def test_the_notebook_runs_on_a_fresh_kernel_and_shows_plots_and_tables(
-    step, databases_for, monkeypatch
+    step, backend, request, monkeypatch
 ):
-    # The notebook works on the databases DATABASE_URL (and, from step 6 on,
-    # AUDIT_DATABASE_URL) name, as a reader's would; here, the test's own
-    # (SQLite or PostgreSQL).
-    for variable, url in databases_for(step).items():
-        monkeypatch.setenv(variable, url)
+    if step == "step08_pgbouncer":
+        if find_binaries() is None:
+            skip_or_fail(HOW_TO_GET_POSTGRES)
+        if find_pgbouncer() is None:
+            skip_or_fail(HOW_TO_GET_PGBOUNCER)
+    else:
+        # The notebook works on the databases DATABASE_URL (and, from step 6
+        # on, AUDIT_DATABASE_URL) name, as a reader's would; here, the
+        # test's own (SQLite or PostgreSQL).
+        databases_for = request.getfixturevalue("databases_for")
+        for variable, url in databases_for(step).items():
+            monkeypatch.setenv(variable, url)
     notebook = read(notebook_of(step))
     client = NotebookClient(
         notebook,

@@ -6,6 +6,8 @@ import re
 
 import pytest
 
+from bench.report import table
+
 from .support import ROOT
 from .support import STEPS
 
@@ -130,3 +132,15 @@ def test_the_load_figures_are_those_of_the_reference_run():
 def test_the_per_test_costs_are_the_reference_run():
     section = README.split("**What it costs per test**")[1].split("**Try it.**")[0]
     reference_table("per_test.json", "per_test", section, lambda us: f"{us / 1000:.1f}")
+
+
+def test_the_scale_out_tables_are_the_reference_run():
+    results = json.loads((ROOT / "bench" / "results" / "scale_out.json").read_text())
+    section = README.split("**Scaling out, measured.**")[1].split("**Where next.**")[0]
+
+    assert not results["quick"]
+    assert table(results["rows"]) in section
+    in_process = [
+        {"case": name, **values} for name, values in results["in_process"].items()
+    ]
+    assert table(in_process) in section

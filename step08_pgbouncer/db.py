@@ -1,0 +1,200 @@
+"""Two engines, one session registry over both, the models, and ``init-db``."""
+
+import os
+import pathlib
+import threading
+import weakref
+from functools import partial
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+from sqlalchemy import create_engine
+from sqlalchemy import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import scoped_session
+from sqlalchemy.orm import sessionmaker
+
+from .models import SchemaMissing
+from .models import declare_models
+from .models import map_models
+
+# The schema belongs to the databases: init-db applies these files, standing
+# in for the team's own schema tool, a folder per database and a file per
+# kind of database.
+SCHEMA_FOLDER = pathlib.Path(__file__).resolve().parent / "schema"
+
+# Each pool setting answers a fault seen in production; any of them can be
+# overridden through the ENGINE_OPTIONS configuration key.
+POOL_DEFAULTS = {
+    # Ping each connection as it is checked out and replace it if the server
+    # dropped it (idle timeout, restart, failover): without it, the request
+    # that meets a dead connection fails.
+    "pool_pre_ping": True,
+    # Replace a connection at checkout once it is 30 minutes old, before a
+    # server's or firewall's idle timeout can kill it unnoticed.
+    "pool_recycle": 1800,
+    # Keep up to 5 connections open, and open up to 10 more under load
+    # (closed again when returned): the server sees at most 15 per process.
+    "pool_size": 5,
+    "max_overflow": 10,
+    # Wait at most 10 seconds for a free connection, then answer 503 rather
+    # than hang past the timeout of the proxy in front of the app.
+    "pool_timeout": 10,
+}
+
+# Behind a pooler in transaction mode (PgBouncer), each transaction may run
+# on another server connection: BEHIND_POOLER puts these over the above.
+# The QueuePool and pre-ping stay. A pooled connection to PgBouncer costs
+# the server nothing while idle, and opening one per request (NullPool)
+# measured slower in bench/scale_out.py. Pre-ping checks the link to
+# PgBouncer, not the server connection the request will use; it replaces
+# the app's connections after a PgBouncer restart, for a cost too small to
+# measure under load.
+BEHIND_POOLER_DEFAULTS = {
+    "connect_args": {
+        # psycopg prepares a statement on the server once it has run 5 times
+        # on one connection, and later runs it by name: on whichever server
+        # connection PgBouncer gives that transaction, which may not have it
+        # ('prepared statement "_pg3_0" does not exist') or may have another
+        # of that name ("already exists"). None: never prepare.
+        "prepare_threshold": None,
+    },
+}
+
+
+def init_app(app):
+    """Give the app its engines and session registry, and register the CLI."""
+    # One engine per database and app, created here and never per request:
+    # each engine owns its database's connection pool, with the same
+    # settings, so requests borrow connections from both.
+    engine = create_engine_for(app.config["DATABASE_URL"], app.config)
+    audit_engine = create_engine_for(app.config["AUDIT_DATABASE_URL"], app.config)
+    app.extensions["engine"] = engine
+    app.extensions["audit_engine"] = audit_engine
+    engines = app.extensions["engines"] = {"messages": engine, "audit": audit_engine}
+    # A forked child (gunicorn --preload, multiprocessing) inherits the pool
+    # and its open connections; if both processes use one socket, their
+    # traffic interleaves. The child must start with a pool of its own.
+    for each in engines.values():
+        os.register_at_fork(after_in_child=partial(start_fresh_pool, weakref.ref(each)))
+    # Map the models from the tables as the databases have them now. This
+    # connects as the app is created: under gunicorn --preload, in the
+    # master before it forks, which start_fresh_pool above makes safe.
+    models = app.extensions["models"] = ReflectedModels(engines)
+    try:
+        models.get()
+    except SchemaMissing as error:
+        # Expected before init-db, which needs the app to start: requests
+        # answer 503 until it has run, then map the models themselves.
+        app.logger.info("models not mapped yet: %s", str(error))
+    except DBAPIError as error:
+        # Start all the same: requests retry, and answer 503 meanwhile.
+        app.logger.warning("models not mapped yet: %s", str(error))
+    # One Session per thread: each request handled on a thread uses the
+    # Session that scoped_session keeps for that thread. Its binds send each
+    # class's statements to the engine of its base's database, as
+    # Flask-SQLAlchemy's __bind_key__ does, and commit() commits on both.
+    # Plain SQL, which names no class, goes to the main engine, as there.
+    bases = models.declared.bases
+    binds = {bases["messages"]: engine, bases["audit"]: audit_engine}
+    app.extensions["session"] = scoped_session(sessionmaker(bind=engine, binds=binds))
+    # Without this, the thread's Session would keep its transaction open
+    # and its connection checked out after the request.
+    app.teardown_appcontext(remove_session)
+    app.cli.add_command(init_db_command)
+
+
+def create_engine_for(url, config):
+    """Create a database's engine with the step's settings and the app's."""
+    options = {**POOL_DEFAULTS}
+    if config["BEHIND_POOLER"]:
+        if make_url(url).get_driver_name() != "psycopg":
+            raise ValueError(
+                "BEHIND_POOLER is for PostgreSQL through psycopg"
+                f" (postgresql+psycopg://...), not {make_url(url).drivername}"
+            )
+        options.update(BEHIND_POOLER_DEFAULTS)
+    app_options = config["ENGINE_OPTIONS"]
+    # The app's connect_args add to these rather than replace them.
+    connect_args = {
+        **options.get("connect_args", {}),
+        **app_options.get("connect_args", {}),
+    }
+    options.update(app_options)
+    if connect_args:
+        options["connect_args"] = connect_args
+    return create_engine(url, **options)
+
+
+def get_session():
+    """Return the current thread's Session from the app's registry."""
+    return current_app.extensions["session"]()
+
+
+def get_models():
+    """Return the current app's model classes, mapped from its database."""
+    return current_app.extensions["models"].get()
+
+
+class ReflectedModels:
+    """An app's model classes, mapped once the databases have their tables."""
+
+    def __init__(self, engines):
+        self.declared = declare_models()
+        self._engines = engines
+        self._unmapped = list(engines)
+        self._lock = threading.Lock()
+
+    def get(self):
+        """Return the models, mapping them first if not mapped yet."""
+        if self._unmapped:
+            with self._lock:
+                for database in list(self._unmapped):
+                    with self._engines[database].connect() as connection:
+                        map_models(self.declared, database, connection)
+                    self._unmapped.remove(database)
+        return self.declared
+
+
+def start_fresh_pool(engine_ref):
+    """Give a forked child an empty pool, leaving the parent's connections be."""
+    engine = engine_ref()
+    if engine is not None:
+        # close=False: forget the inherited connections without closing
+        # them, since closing would end them for the parent process too.
+        engine.dispose(close=False)
+
+
+def remove_session(exception=None):
+    """Close the thread's Session and forget it when the app context ends."""
+    # remove() closes the Session (rolling back what was not committed and
+    # returning its connection to the pool), then drops it from the
+    # registry, so the thread's next request starts with a new Session.
+    sessions = current_app.extensions["session"]
+    try:
+        sessions.remove()
+    except DBAPIError as error:
+        # The connection was lost after the answer was ready, and its
+        # rollback failed: SQLAlchemy has discarded it already. The answer
+        # stands rather than turning into a 500; the Session is forgotten
+        # all the same, so that the thread's next request starts afresh.
+        current_app.logger.warning("connection lost in teardown", exc_info=error)
+        sessions.registry.clear()
+
+
+@click.command("init-db")
+@with_appcontext
+def init_db_command():
+    """Create the tables that do not exist yet in both databases."""
+    for database, engine in current_app.extensions["engines"].items():
+        schema = SCHEMA_FOLDER / database / f"{engine.dialect.name}.sql"
+        if not schema.is_file():
+            raise click.ClickException(f"no schema file for {engine.dialect.name}")
+        with engine.begin() as connection:
+            # One statement per semicolon: enough for this schema, which has
+            # no semicolon inside a statement. A schema tool parses properly.
+            for statement in schema.read_text().split(";"):
+                if statement.strip():
+                    connection.exec_driver_sql(statement)
+    click.echo("Initialized the database.")

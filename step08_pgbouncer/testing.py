@@ -1,0 +1,113 @@
+"""Test isolation: every write a test makes, in every database, rolled back.
+
+SQLAlchemy's recipe "Joining a Session into an External Transaction (such
+as for test suites)", applied to the app's own session registry. Copy this
+module beside your tests; ``example_tests/conftest.py`` shows the fixtures
+in use.
+"""
+
+import contextlib
+import threading
+
+import pytest
+from sqlalchemy import event
+
+
+class IsolationError(RuntimeError):
+    """The app's isolated connection was asked for from another thread."""
+
+
+@contextlib.contextmanager
+def isolated(app):
+    """Run the block with every database write of the app rolled back after.
+
+    Each of the app's engines lends one connection for the whole block, in
+    a transaction that is never committed. The app's Sessions join it
+    through savepoints: ``commit()`` releases a savepoint, ``rollback()``
+    and teardown's ``remove()`` roll back to one, and the app's code runs
+    unchanged. On exit, the outer transactions roll back, and the
+    connections go back to their pools as they were. No app context is
+    needed, and any number of requests and app contexts may come and go
+    inside the block, from this thread.
+    """
+    registry = app.extensions["session"]
+    factory = registry.session_factory
+    configured = dict(factory.kw)
+    owner = threading.get_ident()
+
+    def refuse_other_threads(session, transaction):
+        # One connection serves the whole block, and a DBAPI connection is
+        # not safe to share between threads: refuse, rather than let two
+        # threads interleave their statements on it.
+        if threading.get_ident() != owner:
+            raise IsolationError(
+                "isolated(app) holds one connection per database for the"
+                " thread that entered it; this Session belongs to another"
+                " thread. Send the test's requests from its own thread, or"
+                " test concurrency against a database without isolation."
+            )
+
+    with contextlib.ExitStack() as stack:
+        connections = {
+            engine: stack.enter_context(hold_in_a_transaction(engine))
+            for engine in app.extensions["engines"].values()
+        }
+        # A Session this thread made before the block is bound to the
+        # engines, not to the held connections: start afresh.
+        registry.remove()
+        factory.configure(
+            bind=connections[configured["bind"]],
+            binds={
+                mapped: connections[engine]
+                for mapped, engine in configured["binds"].items()
+            },
+            # Join the held connection's transaction with a savepoint, so
+            # that the app's commit() and rollback() stay inside it.
+            join_transaction_mode="create_savepoint",
+        )
+        event.listen(factory, "after_transaction_create", refuse_other_threads)
+        try:
+            yield
+        finally:
+            event.remove(factory, "after_transaction_create", refuse_other_threads)
+            registry.remove()
+            factory.kw.clear()
+            factory.kw.update(configured)
+
+
+@contextlib.contextmanager
+def hold_in_a_transaction(engine):
+    """Check out a connection of the engine, in a transaction rolled back after."""
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # Python's sqlite3 begins and ends transactions its own way,
+            # which breaks SAVEPOINT: hand them to SQLAlchemy for this one
+            # connection (SQLAlchemy's notes on pysqlite transactions), and
+            # give it back as it was, so the app's own behaviour is kept.
+            driver_connection = connection.connection.driver_connection
+            isolation_level = driver_connection.isolation_level
+            driver_connection.isolation_level = None
+        transaction = connection.begin()
+        if sqlite:
+            connection.exec_driver_sql("BEGIN")
+        try:
+            yield connection
+        finally:
+            if transaction.is_active:
+                transaction.rollback()
+            if sqlite and not connection.invalidated:
+                driver_connection.isolation_level = isolation_level
+
+
+@pytest.fixture
+def isolated_app(app):
+    """Return the ``app`` fixture's app, its writes rolled back after the test."""
+    with isolated(app):
+        yield app
+
+
+@pytest.fixture
+def client(isolated_app):
+    """Return a test client of the isolated app."""
+    return isolated_app.test_client()
