@@ -144,3 +144,36 @@ def test_the_scale_out_tables_are_the_reference_run():
         {"case": name, **values} for name, values in results["in_process"].items()
     ]
     assert table(in_process) in section
+
+
+def test_what_the_readme_reads_in_the_scale_out_run_is_what_it_holds():
+    results = json.loads((ROOT / "bench" / "results" / "scale_out.json").read_text())
+    section = " ".join(
+        README.split("What the rows say:")[1].split("**Where next.**")[0].split()
+    )
+    rows = {(row["case"], row["concurrency"]): row for row in results["rows"]}
+    levels = sorted({row["concurrency"] for row in results["rows"]})
+
+    def ratios(case, over):
+        return [
+            rows[(case, level)]["ok per second"] / rows[(over, level)]["ok per second"]
+            for level in levels
+        ]
+
+    pooled = ratios("PgBouncer, QueuePool (step 8)", "straight to PostgreSQL")
+    assert f"{min(pooled):.1f} to {max(pooled):.1f} times the answers" in section
+    nullpool = ratios("PgBouncer, NullPool", "PgBouncer, QueuePool (step 8)")
+    assert f"{min(nullpool):.2f} to {max(nullpool):.2f} times" in section
+    no_ping = ratios(
+        "PgBouncer, QueuePool, no pre-ping", "PgBouncer, QueuePool (step 8)"
+    )
+    assert ", ".join(f"{ratio:.2f}" for ratio in no_ping[:-1]) in section
+    assert f"and {no_ping[-1]:.2f} times as many" in section
+    for case in ("PgBouncer, QueuePool (step 8)", "PgBouncer, QueuePool, no pre-ping"):
+        assert all(rows[(case, level)]["errors"] == 0 for level in levels)
+    most = max(
+        row["most server connections"]
+        for row in results["rows"]
+        if row["case"] != "straight to PostgreSQL"
+    )
+    assert f"never more than {most} server connections" in section
