@@ -52,6 +52,8 @@ from .report import table  # noqa: E402
 from .timing import time_per_request  # noqa: E402
 
 HOSTS, WORKERS, THREADS = 4, 2, 4
+# --quick only checks that it runs: fewer processes to start and stop.
+QUICK_HOSTS, QUICK_WORKERS = 2, 1
 DATABASES = {"DATABASE_URL": "messages", "AUDIT_DATABASE_URL": "audit"}
 PRE_PING_OFF = {"pool_pre_ping": False}
 PER_DATABASE = "PgBouncer server connections per database"
@@ -107,7 +109,7 @@ def run_wrk_on_every_instance(wrk, urls, connections, seconds, requests_at_most)
     }
 
 
-def measure_case(server, case, urls_path, connections, seconds, folder):
+def measure_case(server, case, urls_path, connections, seconds, folder, shape):
     """Start the case's instances (and PgBouncer), load them, stop them."""
 
     pgbouncer = PgBouncer(server) if case["through_pgbouncer"] else None
@@ -120,12 +122,13 @@ def measure_case(server, case, urls_path, connections, seconds, folder):
         if pgbouncer is not None:
             env["FLASK_BEHIND_POOLER"] = "true"
         env.update(case.get("env", {}))
-        instances = Instances(env, HOSTS, WORKERS, THREADS, folder, app=case.get("app"))
+        hosts, workers = shape
+        instances = Instances(env, hosts, workers, THREADS, folder, app=case.get("app"))
         try:
             # Every worker warm: its imports done, its pool's first connection
             # open, before the clock starts.
             for url in instances.urls:
-                for _ in range(WORKERS * 4):
+                for _ in range(workers * 4):
                     requests.get(url + urls_path, timeout=30)
             with ConnectionWatcher(server) as watcher:
                 summary = run_wrk_on_every_instance(
@@ -180,6 +183,7 @@ def measure(quick):
 
     concurrencies = CONCURRENCIES[:1] if quick else CONCURRENCIES
     seconds, rounds = (1, 1) if quick else (5, 3)
+    hosts, workers = (QUICK_HOSTS, QUICK_WORKERS) if quick else (HOSTS, WORKERS)
     server = SmallServer(find_binaries(), free_port())
     samples = []
     try:
@@ -201,7 +205,13 @@ def measure(quick):
                 for connections in concurrencies:
                     for name, case in CASES.items():
                         summary = measure_case(
-                            server, case, path, connections, seconds, folder
+                            server,
+                            case,
+                            path,
+                            connections,
+                            seconds,
+                            folder,
+                            (hosts, workers),
                         )
                         samples.append(
                             {"case": name, "concurrency": connections, **summary}
@@ -221,8 +231,8 @@ def measure(quick):
     ]
     return {
         "quick": quick,
-        "hosts": HOSTS,
-        "workers": WORKERS,
+        "hosts": hosts,
+        "workers": workers,
         "threads": THREADS,
         "seconds per level": seconds,
         "rounds": rounds,
@@ -232,9 +242,9 @@ def measure(quick):
         PER_DATABASE: POOL_SIZE,
         # What the instances' pools could open straight to the server: each
         # worker's two engines, and each master's connection from wsgi.py.
-        "connections the pools may open": HOSTS
+        "connections the pools may open": hosts
         * (
-            WORKERS * 2 * (POOL_DEFAULTS["pool_size"] + POOL_DEFAULTS["max_overflow"])
+            workers * 2 * (POOL_DEFAULTS["pool_size"] + POOL_DEFAULTS["max_overflow"])
             + 1
         ),
         "in_process": in_process,
