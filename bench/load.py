@@ -6,16 +6,15 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import threading
 import time
 
 import requests
 from sqlalchemy import create_engine
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from step04_pooling.db import POOL_DEFAULTS
+from tests.support import QueryWatcher
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # wrk stops each thread after its share of the requests, and reports as JSON.
@@ -84,42 +83,27 @@ def tagged(database_url):
     ).render_as_string(hide_password=False)
 
 
-class ConnectionWatcher:
+class ConnectionWatcher(QueryWatcher):
     """Sample how many connections the load test's server processes hold."""
 
     def __init__(self, database_url, interval=0.02):
         url = make_url(database_url)
-        self.engine = create_engine(
-            url.set(database="postgres"),
-            poolclass=NullPool,
-            isolation_level="AUTOCOMMIT",
-        )
-        self.database = url.database
-        self.interval = interval
-        self.most = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info):
-        self._stop.set()
-        self._thread.join()
-        self.engine.dispose()
-
-    def _watch(self):
-        query = text(
+        super().__init__(
+            create_engine(
+                url.set(database="postgres"),
+                poolclass=NullPool,
+                isolation_level="AUTOCOMMIT",
+            ),
             "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = :name AND application_name = :application"
+            " WHERE datname = :name AND application_name = :application",
+            {"name": url.database, "application": APPLICATION_NAME},
+            interval,
         )
-        parameters = {"name": self.database, "application": APPLICATION_NAME}
-        with self.engine.connect() as connection:
-            while not self._stop.is_set():
-                count = connection.execute(query, parameters).scalar()
-                self.most = max(self.most, count)
-                time.sleep(self.interval)
+        self.most = 0
+
+    def record(self, rows):
+        [(count,)] = rows
+        self.most = max(self.most, count)
 
 
 def run_wrk(wrk, url, connections, seconds, requests_at_most):

@@ -18,7 +18,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,12 +33,13 @@ from sqlalchemy.engine import make_url
 from .postgres import HOW_TO_GET_POSTGRES
 from .postgres import Cluster
 from .postgres import find_binaries
-from .postgres import ignore_stop_signals
-from .postgres import leave_on_signal
-from .postgres import stop_process_group
+from .postgres import run_as
+from .postgres import run_with_servers
 from .postgres import unprivileged_user
 from .support import ROOT
+from .support import QueryWatcher
 from .support import free_port
+from .support import wait_for_http
 
 HOW_TO_GET_PGBOUNCER = (
     "pgbouncer was not found: install it (Debian: apt-get install pgbouncer); "
@@ -181,13 +181,6 @@ class PgBouncer:
 
     def start(self):
         """Start PgBouncer and wait until it accepts connections."""
-        as_owner = {}
-        if self.owner is not None:
-            as_owner = {
-                "user": self.owner.pw_uid,
-                "group": self.owner.pw_gid,
-                "extra_groups": [],
-            }
         self.process = subprocess.Popen(
             [find_pgbouncer(), self.config],
             cwd=self.folder,
@@ -197,7 +190,7 @@ class PgBouncer:
             # Jupyter interrupting a kernel) must not stop PgBouncer before
             # the caller's cleanup does.
             start_new_session=True,
-            **as_owner,
+            **run_as(self.owner),
         )
         deadline = time.monotonic() + 30
         while True:
@@ -275,7 +268,8 @@ class Instances:
             for url, process, log_path in zip(
                 self.urls, self.processes, self.logs, strict=True
             ):
-                wait_until_serving(url, process, log_path)
+                # Many instances start at once: give them a minute.
+                wait_for_http(url, process, seconds=60, log_path=log_path)
         except BaseException:
             self.stop()
             raise
@@ -298,21 +292,6 @@ class Instances:
             with open(path, errors="replace") as log:
                 texts.append(log.read())
         return "".join(texts)
-
-
-def wait_until_serving(url, process, log_path, seconds=60):
-    """Wait until a gunicorn instance answers, or fail if it exits."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            with open(log_path, errors="replace") as log:
-                raise RuntimeError(f"gunicorn exited:\n{log.read()}")
-        try:
-            requests.get(url + "/pool", timeout=1)
-            return
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer in {seconds}s")
 
 
 class Answer(NamedTuple):
@@ -366,41 +345,25 @@ def send_load(urls, clients, requests_each, path="/messages", stop=None):
     return answers
 
 
-class ConnectionWatcher:
+class ConnectionWatcher(QueryWatcher):
     """Sample how many server connections the app's role holds, per database."""
 
     def __init__(self, server, interval=0.01):
-        self.server = server
-        self.interval = interval
+        super().__init__(
+            server.admin_engine(),
+            "SELECT datname, count(*) FROM pg_stat_activity"
+            " WHERE usename = :role GROUP BY datname",
+            {"role": APP_ROLE},
+            interval,
+        )
         self.most = {}
         self.most_in_all = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        # Opened now, before any load: it must not wait for a free slot.
-        self._engine = server.admin_engine()
-        self._connection = self._engine.connect()
 
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info):
-        self._stop.set()
-        self._thread.join()
-        self._connection.close()
-        self._engine.dispose()
-
-    def _watch(self):
-        query = text(
-            "SELECT datname, count(*) FROM pg_stat_activity"
-            " WHERE usename = :role GROUP BY datname"
-        )
-        while not self._stop.is_set():
-            counts = dict(self._connection.execute(query, {"role": APP_ROLE}).all())
-            for database, count in counts.items():
-                self.most[database] = max(self.most.get(database, 0), count)
-            self.most_in_all = max(self.most_in_all, sum(counts.values()))
-            time.sleep(self.interval)
+    def record(self, rows):
+        counts = dict(rows)
+        for database, count in counts.items():
+            self.most[database] = max(self.most.get(database, 0), count)
+        self.most_in_all = max(self.most_in_all, sum(counts.values()))
 
 
 def run_behind_pgbouncer(command):
@@ -410,38 +373,27 @@ def run_behind_pgbouncer(command):
         raise SystemExit(HOW_TO_GET_POSTGRES)
     if find_pgbouncer() is None:
         raise SystemExit(HOW_TO_GET_PGBOUNCER)
-    server = SmallServer(bindir, free_port())
-    pgbouncer = None
-    signal.signal(signal.SIGTERM, leave_on_signal)
-    signal.signal(signal.SIGHUP, leave_on_signal)
-    process = None
-    try:
+
+    def start(cleanup):
+        server = SmallServer(bindir, free_port())
+        cleanup.callback(server.destroy)
         for name in DATABASES:
             server.create_app_database(name)
         pgbouncer = PgBouncer(server)
+        cleanup.callback(pgbouncer.destroy)
         env = {
             "DATABASE_URL": pgbouncer.url_of("messages"),
             "AUDIT_DATABASE_URL": pgbouncer.url_of("audit"),
             "FLASK_BEHIND_POOLER": "true",
         }
-        print(
+        return env, (
             f"A throwaway PostgreSQL in {server.folder}"
             f" (max_connections={MAX_CONNECTIONS}), behind PgBouncer in"
             f" {pgbouncer.folder}, both deleted when this stops;"
-            + "".join(f" {name}={value}" for name, value in env.items()),
-            flush=True,
+            + "".join(f" {name}={value}" for name, value in env.items())
         )
-        process = subprocess.Popen(command, env={**os.environ, **env}, process_group=0)
-        return process.wait()
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        ignore_stop_signals()
-        if process is not None:
-            stop_process_group(process)
-        if pgbouncer is not None:
-            pgbouncer.destroy()
-        server.destroy()
+
+    return run_with_servers(command, start)
 
 
 if __name__ == "__main__":

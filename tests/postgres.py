@@ -186,13 +186,6 @@ class Cluster(Server):
             return log.read()
 
     def _run(self, program, *args):
-        as_owner = {}
-        if self.owner is not None:
-            as_owner = {
-                "user": self.owner.pw_uid,
-                "group": self.owner.pw_gid,
-                "extra_groups": [],
-            }
         subprocess.run(
             [os.path.join(self.bindir, program), *args],
             check=True,
@@ -200,8 +193,16 @@ class Cluster(Server):
             cwd=self.folder,
             env={**os.environ, "LC_ALL": "C"},
             timeout=60,
-            **as_owner,
+            **run_as(self.owner),
         )
+
+
+def run_as(owner):
+    """Return subprocess's keyword arguments that run a program as ``owner``
+    (a pwd entry), or none to run it as this process's user."""
+    if owner is None:
+        return {}
+    return {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
 
 
 def unprivileged_user():
@@ -220,34 +221,49 @@ def run_on_a_throwaway_cluster(command):
     bindir = find_binaries()
     if bindir is None:
         raise SystemExit(HOW_TO_GET_POSTGRES)
-    cluster = Cluster(bindir, free_port())
-    # Stopped by a signal (kill, a closing terminal), clean up all the same.
-    signal.signal(signal.SIGTERM, leave_on_signal)
-    signal.signal(signal.SIGHUP, leave_on_signal)
-    process = None
-    try:
+
+    def start(cleanup):
+        cluster = Cluster(bindir, free_port())
+        cleanup.callback(cluster.destroy)
         databases = {
             "DATABASE_URL": cluster.create_database("messages"),
             "AUDIT_DATABASE_URL": cluster.create_database("audit"),
         }
-        print(
+        return databases, (
             f"A throwaway PostgreSQL in {cluster.folder}, deleted when this stops;"
-            + "".join(f" {name}={url}" for name, url in databases.items()),
-            flush=True,
+            + "".join(f" {name}={url}" for name, url in databases.items())
         )
-        # A process group of its own, so that everything the command starts
-        # (a server's workers) stops with it.
-        process = subprocess.Popen(
-            command, env={**os.environ, **databases}, process_group=0
-        )
-        return process.wait()
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        ignore_stop_signals()
-        if process is not None:
-            stop_process_group(process)
-        cluster.destroy()
+
+    return run_with_servers(command, start)
+
+
+def run_with_servers(command, start):
+    """Run a command beside servers that ``start`` starts; return its status.
+
+    ``start(cleanup)`` starts them, registers how to stop them on
+    ``cleanup`` (an ExitStack), and returns the environment to give the
+    command and a line to print. The servers stop when the command ends, or
+    when this process is stopped by a signal (kill, a closing terminal).
+    """
+    signal.signal(signal.SIGTERM, leave_on_signal)
+    signal.signal(signal.SIGHUP, leave_on_signal)
+    process = None
+    with contextlib.ExitStack() as cleanup:
+        try:
+            env, message = start(cleanup)
+            print(message, flush=True)
+            # A process group of its own, so that everything the command
+            # starts (a server's workers) stops with it.
+            process = subprocess.Popen(
+                command, env={**os.environ, **env}, process_group=0
+            )
+            return process.wait()
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            ignore_stop_signals()
+            if process is not None:
+                stop_process_group(process)
 
 
 def leave_on_signal(signum, frame):

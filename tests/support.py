@@ -315,14 +315,54 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def wait_for_http(url, process, seconds=30):
-    """Wait until a server answers, or fail if its process exits."""
+def wait_for_http(url, process, seconds=30, log_path=None):
+    """Wait until a server answers, or fail if its process exits (with what
+    it logged to ``log_path``, if given)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        assert process.poll() is None, "the server exited"
+        if process.poll() is not None:
+            log = pathlib.Path(log_path).read_text(errors="replace") if log_path else ""
+            raise AssertionError(f"the server exited\n{log}")
         try:
             requests.get(url + "/pool", timeout=1)
             return
         except requests.ConnectionError:
             time.sleep(0.1)
     raise AssertionError(f"{url} did not answer in {seconds}s")
+
+
+class QueryWatcher:
+    """Run a query every ``interval`` seconds on a connection of its own, in a
+    thread, while a ``with`` block runs; a subclass records the rows.
+
+    The connection opens as the watcher is created, before any load, so
+    that it never waits for a free slot on a full server.
+    """
+
+    def __init__(self, engine, query, parameters, interval):
+        self._engine = engine
+        self._query = text(query)
+        self._parameters = parameters
+        self.interval = interval
+        self._connection = engine.connect()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        self._thread.join()
+        self._connection.close()
+        self._engine.dispose()
+
+    def _watch(self):
+        while not self._stop.is_set():
+            self.record(self._connection.execute(self._query, self._parameters).all())
+            time.sleep(self.interval)
+
+    def record(self, rows):
+        """Take note of one sample's rows."""
+        raise NotImplementedError

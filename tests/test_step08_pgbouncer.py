@@ -443,35 +443,23 @@ def test_set_local_lasts_one_transaction_and_leaves_nothing_behind(databases, ma
 # Drill 4: restarts.
 
 
-@pytest.mark.parametrize(("pre_ping", "failures"), [(False, 1), (True, 0)])
-def test_pgbouncer_restarts_between_requests(pre_ping, failures, databases, make_app):
-    app = make_app(
-        databases.urls(True),
-        BEHIND_POOLER=True,
-        ENGINE_OPTIONS={"pool_pre_ping": pre_ping},
-    )
-    client = app.test_client()
-    assert client.get("/messages").status_code == 200
-
-    databases.pgbouncer.restart()
-
-    statuses = [client.get("/messages").status_code for _ in range(3)]
-    # The pooled connection to PgBouncer died with it. Pre-ping finds it
-    # dead and replaces it; without, one request pays with a 503, and
-    # SQLAlchemy replaces the connection for the next.
-    assert statuses == [503] * failures + [200] * (3 - failures)
-
-
 @pytest.mark.parametrize(
-    ("through_pgbouncer", "pre_ping", "statuses"),
+    ("restart", "through_pgbouncer", "pre_ping", "statuses"),
     [
-        (False, False, [503, 200, 200]),
-        (True, False, [200, 200, 200]),
-        (True, True, [200, 200, 200]),
+        # The app's pooled connection to PgBouncer died with it. Pre-ping
+        # finds it dead and replaces it; without, one request pays with a
+        # 503, and SQLAlchemy replaces the pool for the next.
+        ("pgbouncer", True, False, [503, 200, 200]),
+        ("pgbouncer", True, True, [200, 200, 200]),
+        # Straight to the server, the same. Through PgBouncer, PgBouncer
+        # replaces its server connections, and the app notices nothing.
+        ("postgresql", False, False, [503, 200, 200]),
+        ("postgresql", True, False, [200, 200, 200]),
+        ("postgresql", True, True, [200, 200, 200]),
     ],
 )
-def test_postgresql_restarts_between_requests(
-    through_pgbouncer, pre_ping, statuses, server, databases, make_app
+def test_a_restart_between_requests(
+    restart, through_pgbouncer, pre_ping, statuses, server, databases, make_app
 ):
     app = make_app(
         databases.urls(through_pgbouncer),
@@ -482,13 +470,20 @@ def test_postgresql_restarts_between_requests(
     assert client.get("/messages").status_code == 200
     connects = client.get("/pool").get_json()["connects"]
 
-    server.restart()
+    restart_now(restart, server, databases.pgbouncer)
 
     assert [client.get("/messages").status_code for _ in range(3)] == statuses
-    if through_pgbouncer:
-        # PgBouncer replaced its server connections; the app's connections
-        # to PgBouncer never noticed, even without pre-ping.
+    if restart == "postgresql" and through_pgbouncer:
+        # Not one new connection: the app's links to PgBouncer stayed up.
         assert client.get("/pool").get_json()["connects"] == connects
+
+
+def restart_now(restart, server, pgbouncer):
+    """Restart PgBouncer, or PostgreSQL behind it, and wait until it serves."""
+    if restart == "pgbouncer":
+        pgbouncer.restart()
+    else:
+        server.restart()
 
 
 @pytest.mark.parametrize("restart", ["pgbouncer", "postgresql"])
@@ -506,10 +501,7 @@ def test_under_load_a_restart_costs_503s_at_most_and_the_app_recovers(
         loader.start()
         time.sleep(1.5)
         stopped_at = time.monotonic()
-        if restart == "pgbouncer":
-            databases.pgbouncer.restart()
-        else:
-            server.restart()
+        restart_now(restart, server, databases.pgbouncer)
         started_at = time.monotonic()
         time.sleep(4)
     finally:
