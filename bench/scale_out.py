@@ -12,8 +12,8 @@ started afresh:
 
 - straight to the server, step 8 with BEHIND_POOLER off (step 4's pools);
 - through PgBouncer (transaction mode, 5 server connections per database),
-  BEHIND_POOLER on: the step's QueuePool, with pre-ping;
-- the same without pre-ping;
+  BEHIND_POOLER on: the step's QueuePool, without pre-ping;
+- the same with pre-ping;
 - the same with NullPool: a new connection to PgBouncer for every request.
 
 A watcher samples pg_stat_activity for the app's server connections.
@@ -55,15 +55,15 @@ HOSTS, WORKERS, THREADS = 4, 2, 4
 # --quick only checks that it runs: fewer processes to start and stop.
 QUICK_HOSTS, QUICK_WORKERS = 2, 1
 DATABASES = {"DATABASE_URL": "messages", "AUDIT_DATABASE_URL": "audit"}
-PRE_PING_OFF = {"pool_pre_ping": False}
+PRE_PING_ON = {"pool_pre_ping": True}
 PER_DATABASE = "PgBouncer server connections per database"
 CONCURRENCIES = [64, 128, 256]
 CASES = {
     "straight to PostgreSQL": {"through_pgbouncer": False},
     "PgBouncer, QueuePool (step 8)": {"through_pgbouncer": True},
-    "PgBouncer, QueuePool, no pre-ping": {
+    "PgBouncer, QueuePool, pre-ping": {
         "through_pgbouncer": True,
-        "env": {"FLASK_ENGINE_OPTIONS": '{"pool_pre_ping": false}'},
+        "env": {"FLASK_ENGINE_OPTIONS": '{"pool_pre_ping": true}'},
     },
     "PgBouncer, NullPool": {
         "through_pgbouncer": True,
@@ -156,16 +156,16 @@ def measure_in_process(server, quick):
         direct = {key: server.url_of(name) for key, name in DATABASES.items()}
         pooled = {key: pgbouncer.url_of(name) for key, name in DATABASES.items()}
         apps = {
-            "straight to PostgreSQL, QueuePool, pre-ping": create_app(direct),
-            "PgBouncer, QueuePool, pre-ping (step 8)": create_app(
+            "PgBouncer, QueuePool (step 8)": create_app(
                 {**pooled, "BEHIND_POOLER": True}
             ),
-            "PgBouncer, QueuePool, no pre-ping": create_app(
-                {**pooled, "BEHIND_POOLER": True, "ENGINE_OPTIONS": PRE_PING_OFF}
+            "PgBouncer, QueuePool, pre-ping": create_app(
+                {**pooled, "BEHIND_POOLER": True, "ENGINE_OPTIONS": PRE_PING_ON}
             ),
             "PgBouncer, NullPool": create_app_with_nullpool(
                 {**pooled, "BEHIND_POOLER": True}
             ),
+            "straight to PostgreSQL, QueuePool, pre-ping": create_app(direct),
         }
         clients = {name: app.test_client() for name, app in apps.items()}
         path = "/messages/1"
@@ -271,10 +271,12 @@ def markdown(results):
     """Render the results as Markdown."""
     return (
         "# Scaling out: step 8 on one small PostgreSQL\n\n"
-        f"{results['hosts']} gunicorn instances × {results['workers']} workers ×"
-        f" {results['threads']} threads, {results['path']}, wrk on every instance"
-        f" at once, {results['seconds per level']} s per level, the median of"
-        f" {results['rounds']} rounds (errors and requests: their sums). PostgreSQL's"
+        f"Gunicorn instances: {results['hosts']}, each with workers:"
+        f" {results['workers']}, each with threads: {results['threads']}."
+        f" {results['path']}, wrk on every instance at once, seconds per level:"
+        f" {results['seconds per level']}, rounds: {results['rounds']}; each"
+        " figure is the median over the rounds (errors and requests: their sums;"
+        " most server connections: the most). PostgreSQL's"
         f" max_connections: {results['max_connections']}"
         f" ({results['server connections for the app role']} for the app's"
         f" role); the pools may open {results['connections the pools may open']};"
@@ -288,7 +290,7 @@ def markdown(results):
         + "\n\n"
         + table(results["rows"])
         + "\n## In one process\n\nMedian µs per GET /messages/1 through Flask's"
-        " test client, the cases taking turns; ratio to the first, round by round.\n\n"
+        " test client, the cases taking turns; ratio to step 8's, round by round.\n\n"
         + table(
             [{"case": name, **values} for name, values in results["in_process"].items()]
         )
@@ -304,11 +306,20 @@ def chart(results, path):
         ("errors", "errors (wrk: non-2xx and socket)"),
         ("most server connections", "most server connections seen"),
     ]
+    # A marker and a size per case, largest first, so that cases with the
+    # same value (0 errors) stay visible one inside the other.
+    styles = [("o", 11), ("s", 8), ("^", 6), ("D", 4)]
     for ax, (key, label) in zip(axes, metrics, strict=True):
-        for case in CASES:
+        for case, (marker, size) in zip(CASES, styles, strict=True):
             rows = [row for row in results["rows"] if row["case"] == case]
             levels = [row["concurrency"] for row in rows]
-            ax.plot(levels, [row[key] for row in rows], "o-", label=case)
+            ax.plot(
+                levels,
+                [row[key] for row in rows],
+                marker=marker,
+                markersize=size,
+                label=case,
+            )
             ax.set_xscale("log", base=2)
             ax.set_xticks(levels, [str(level) for level in levels])
         ax.set_xlabel("concurrent connections, all instances")
@@ -320,9 +331,9 @@ def chart(results, path):
                 linestyle="--",
                 label="the app role's limit",
             )
-    axes[0].legend()
-    axes[3].legend()
-    figure.tight_layout()
+    handles, labels = axes[3].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=len(labels))
+    figure.tight_layout(rect=(0, 0.08, 1, 1))
     figure.savefig(path, dpi=100)
     plt.close(figure)
 

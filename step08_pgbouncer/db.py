@@ -45,13 +45,17 @@ POOL_DEFAULTS = {
 
 # Behind a pooler in transaction mode (PgBouncer), each transaction may run
 # on another server connection: BEHIND_POOLER puts these over the above.
-# The QueuePool and pre-ping stay. A pooled connection to PgBouncer costs
-# the server nothing while idle, and opening one per request (NullPool)
-# measured slower in bench/scale_out.py. Pre-ping checks the link to
-# PgBouncer, not the server connection the request will use; it replaces
-# the app's connections after a PgBouncer restart, for a cost too small to
-# measure under load.
+# The QueuePool stays: a pooled connection to PgBouncer costs the server
+# nothing while idle, and opening one per request (NullPool) measured
+# slower in bench/scale_out.py.
 BEHIND_POOLER_DEFAULTS = {
+    # Pre-ping would check the link to PgBouncer, not the server connection
+    # the request will use: its SELECT 1 is a transaction of its own, which
+    # waits for one of PgBouncer's few server connections, and then the
+    # request's transaction waits again: 15% more per request, measured.
+    # Without it, after a PgBouncer restart the first request on a pooled
+    # connection answers 503, and SQLAlchemy replaces the whole pool.
+    "pool_pre_ping": False,
     "connect_args": {
         # psycopg prepares a statement on the server once it has run 5 times
         # on one connection, and later runs it by name: on whichever server
@@ -108,6 +112,13 @@ def init_app(app):
 def create_engine_for(url, config):
     """Create a database's engine with the step's settings and the app's."""
     options = {**POOL_DEFAULTS}
+    if not isinstance(config["BEHIND_POOLER"], bool):
+        # FLASK_BEHIND_POOLER=False is the string "False", which is true:
+        # only JSON's true and false say what they mean.
+        raise ValueError(
+            "BEHIND_POOLER must be true or false (FLASK_BEHIND_POOLER=true),"
+            f" not {config['BEHIND_POOLER']!r}"
+        )
     if config["BEHIND_POOLER"]:
         if make_url(url).get_driver_name() != "psycopg":
             raise ValueError(

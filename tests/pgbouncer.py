@@ -389,8 +389,8 @@ def run_behind_pgbouncer(command):
         return env, (
             f"A throwaway PostgreSQL in {server.folder}"
             f" (max_connections={MAX_CONNECTIONS}), behind PgBouncer in"
-            f" {pgbouncer.folder}, both deleted when this stops;"
-            + "".join(f" {name}={value}" for name, value in env.items())
+            f" {pgbouncer.folder} on port {pgbouncer.port}, both deleted when"
+            " this stops;" + "".join(f" {name}={value}" for name, value in env.items())
         )
 
     return run_with_servers(command, start)

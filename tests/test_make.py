@@ -70,6 +70,10 @@ def test_make_run_db_postgresql_serves_the_step_on_a_throwaway_server(
     assert pool["url"].endswith("/messages")
     if db == "pgbouncer":
         assert "This app runs with <code>BEHIND_POOLER</code> on." in page
+        # The port it prints, for psql's SHOW POOLS, is the one the app uses.
+        port = re.search(r"PgBouncer in \S+ on port (\d+),", log_path.read_text())
+        assert port is not None, log_path.read_text()
+        assert f"@127.0.0.1:{port.group(1)}/" in pool["url"]
     # Step 6's audit database is a second database on the same server.
     assert pool["audit"]["url"] == pool["url"].removesuffix("messages") + "audit"
     assert created.status_code == 201

@@ -153,6 +153,7 @@ def test_what_the_readme_reads_in_the_scale_out_run_is_what_it_holds():
     )
     rows = {(row["case"], row["concurrency"]): row for row in results["rows"]}
     levels = sorted({row["concurrency"] for row in results["rows"]})
+    step8 = "PgBouncer, QueuePool (step 8)"
 
     def ratios(case, over):
         return [
@@ -160,16 +161,18 @@ def test_what_the_readme_reads_in_the_scale_out_run_is_what_it_holds():
             for level in levels
         ]
 
-    pooled = ratios("PgBouncer, QueuePool (step 8)", "straight to PostgreSQL")
+    pooled = ratios(step8, "straight to PostgreSQL")
     assert f"{min(pooled):.1f} to {max(pooled):.1f} times the answers" in section
-    nullpool = ratios("PgBouncer, NullPool", "PgBouncer, QueuePool (step 8)")
+    nullpool = ratios("PgBouncer, NullPool", step8)
     assert f"{min(nullpool):.2f} to {max(nullpool):.2f} times" in section
-    no_ping = ratios(
-        "PgBouncer, QueuePool, no pre-ping", "PgBouncer, QueuePool (step 8)"
-    )
-    assert ", ".join(f"{ratio:.2f}" for ratio in no_ping[:-1]) in section
-    assert f"and {no_ping[-1]:.2f} times as many" in section
-    for case in ("PgBouncer, QueuePool (step 8)", "PgBouncer, QueuePool, no pre-ping"):
+    pre_ping = ratios("PgBouncer, QueuePool, pre-ping", step8)
+    assert ", ".join(f"{ratio:.2f}" for ratio in pre_ping[:-1]) in section
+    assert f"and {pre_ping[-1]:.2f} times as many" in section
+    in_process = results["in_process"]
+    assert list(in_process)[0] == step8
+    for case in ("PgBouncer, NullPool", "PgBouncer, QueuePool, pre-ping"):
+        assert f"took {in_process[case]['ratio']:.2f} times as long" in section
+    for case in (step8, "PgBouncer, QueuePool, pre-ping"):
         assert all(rows[(case, level)]["errors"] == 0 for level in levels)
     most = max(
         row["most server connections"]

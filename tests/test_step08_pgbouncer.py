@@ -150,10 +150,11 @@ def test_behind_pooler_is_read_from_the_environment(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("behind_pooler", "prepare_threshold"), [(False, 5), (True, None)]
+    ("behind_pooler", "prepare_threshold", "pre_ping"),
+    [(False, 5, True), (True, None, False)],
 )
-def test_behind_pooler_turns_off_prepared_statements_and_keeps_the_pool(
-    behind_pooler, prepare_threshold, databases, make_app
+def test_behind_pooler_turns_off_prepared_statements_and_pre_ping(
+    behind_pooler, prepare_threshold, pre_ping, databases, make_app
 ):
     app = make_app(databases.urls(True), BEHIND_POOLER=behind_pooler)
 
@@ -162,9 +163,9 @@ def test_behind_pooler_turns_off_prepared_statements_and_keeps_the_pool(
             assert connection.connection.driver_connection.prepare_threshold == (
                 prepare_threshold
             )
-        # The QueuePool and pre-ping stay: measured in bench/scale_out.py.
+        # The QueuePool stays, pre-ping goes: measured in bench/scale_out.py.
         assert type(engine.pool).__name__ == "QueuePool"
-        assert engine.pool._pre_ping is True
+        assert engine.pool._pre_ping is pre_ping
 
 
 def test_connect_args_of_the_app_add_to_those_of_behind_pooler(databases, make_app):
@@ -178,6 +179,14 @@ def test_connect_args_of_the_app_add_to_those_of_behind_pooler(databases, make_a
         driver_connection = connection.connection.driver_connection
         assert driver_connection.prepare_threshold is None
         assert driver_connection.info.parameter_status("application_name") == "reader"
+
+
+@pytest.mark.parametrize("value", ["False", "yes", "1", "on"])
+def test_behind_pooler_takes_true_or_false_and_nothing_else(value, monkeypatch):
+    monkeypatch.setenv("FLASK_BEHIND_POOLER", value)
+
+    with pytest.raises(ValueError, match="BEHIND_POOLER must be true or false"):
+        create_app()
 
 
 def test_behind_pooler_refuses_a_database_that_is_not_postgresql(tmp_path):
@@ -270,12 +279,18 @@ def test_once_every_slot_is_taken_the_server_says_too_many_clients(server):
         # A superuser may take the reserved slots too, until none is left.
         refusal = connect_until_refused(engine, connections)
         assert "FATAL:  sorry, too many clients already" in str(refusal)
+        # A slot is free again once the closed connection's server process
+        # has exited, a moment after the close.
         connections.pop().close()
-        with engine.connect() as connection:
-            in_use = connection.exec_driver_sql(
+        connections.append(connect_within(engine, seconds=10))
+        in_use = (
+            connections[-1]
+            .exec_driver_sql(
                 "SELECT count(*) FROM pg_stat_activity"
                 " WHERE backend_type = 'client backend'"
-            ).scalar()
+            )
+            .scalar()
+        )
         assert in_use == MAX_CONNECTIONS
     finally:
         for connection in connections:
@@ -292,6 +307,18 @@ def connect_until_refused(engine, connections):
         except OperationalError as error:
             return error
     raise AssertionError(f"the server accepted {len(connections)} connections")
+
+
+def connect_within(engine, seconds):
+    """Connect, trying again while the server is full, for at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return engine.connect()
+        except OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 # Drill 2: prepared statements.
