@@ -35,8 +35,6 @@ from .postgres import HOW_TO_GET_POSTGRES
 from .postgres import find_binaries
 from .support import free_port
 
-STEP = "step08_pgbouncer"
-
 
 @pytest.fixture(scope="module")
 def server():
@@ -325,7 +323,7 @@ def connect_within(engine, seconds):
 
 
 @pytest.mark.parametrize(("behind_pooler", "fails"), [(False, True), (True, False)])
-def test_a_write_after_five_fails_on_another_server_connection(
+def test_a_write_after_six_fails_on_another_server_connection(
     behind_pooler, fails, databases, make_app
 ):
     client = make_app(databases.urls(True), BEHIND_POOLER=behind_pooler).test_client()
