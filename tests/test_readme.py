@@ -180,3 +180,40 @@ def test_what_the_readme_reads_in_the_scale_out_run_is_what_it_holds():
         if row["case"] != "straight to PostgreSQL"
     )
     assert f"never more than {most} server connections" in section
+
+
+def test_step_8s_connection_arithmetic_is_that_of_the_drills_and_the_harness():
+    drills = importlib.import_module("tests.test_step08_pgbouncer")
+    harness = importlib.import_module("tests.pgbouncer")
+    pool = importlib.import_module("step08_pgbouncer.db").POOL_DEFAULTS
+    harness_source = (ROOT / "tests" / "pgbouncer.py").read_text()
+    section = " ".join(
+        README.split("## Step 8")[1].split("**The settings, and why.**")[0].split()
+    )
+    per_worker = pool["pool_size"] + pool["max_overflow"]
+    opened = drills.HOSTS * drills.WORKERS * per_worker * 2
+
+    assert (
+        f"{drills.HOSTS} hosts × {drills.WORKERS} workers ×"
+        f" ({pool['pool_size']} + {pool['max_overflow']}) × 2 databases = {opened},"
+        f" + {drills.HOSTS} masters" in section
+    )
+    assert f"the same {opened + drills.HOSTS}" in section
+    assert (
+        f"{harness.APP_CONNECTIONS_ALLOWED} of {harness.MAX_CONNECTIONS} here"
+        in section
+    )
+    assert f"{harness.POOL_SIZE} × 2 = {harness.POOL_SIZE * 2}" in section
+    assert "max_client_conn = 1000" in harness_source
+    assert "(`max_client_conn`, 1,000 here)" in section
+    wait = re.search(r"query_wait_timeout = (\d+)", harness_source).group(1)
+    assert f"`query_wait_timeout` ({wait} s here)" in section
+    drill_table = " ".join(
+        README.split("**The drills.**")[1].split("**Scaling out")[0].split()
+    )
+    requests = drills.CLIENTS * drills.REQUESTS_EACH
+    assert f"{drills.CLIENTS} clients × {drills.REQUESTS_EACH} writes" in drill_table
+    assert f"all {requests} answered 201" in drill_table
+    assert f"more than {harness.POOL_SIZE} server connections per database" in (
+        drill_table
+    )
