@@ -35,6 +35,9 @@ from .postgres import HOW_TO_GET_POSTGRES
 from .postgres import find_binaries
 from .support import free_port
 
+# PostgreSQL and PgBouncer start for these tests; the drills send load.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def server():
@@ -410,6 +413,14 @@ SESSION_STATE = {
         "SELECT pg_advisory_lock(42)",
         "SELECT count(*) > 0 FROM pg_locks"
         " WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+    ),
+    "LISTEN": (
+        "LISTEN news",
+        "SELECT 'news' IN (SELECT pg_listening_channels())",
+    ),
+    "WITH HOLD cursor": (
+        "DECLARE held CURSOR WITH HOLD FOR SELECT 1",
+        "SELECT count(*) > 0 FROM pg_cursors WHERE name = 'held'",
     ),
 }
 
