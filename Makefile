@@ -48,8 +48,10 @@ else
 	$(error DB=$(DB): choose DB=sqlite, DB=postgresql or DB=pgbouncer)
 endif
 
+# The workers take tests two at a time, slow ones first (tests/conftest.py),
+# so that no long test waits in one worker's queue while the others idle.
 test: $(INSTALLED)
-	$(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --maxschedchunk 2 $(PYTEST_ARGS)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

@@ -128,6 +128,25 @@ def databases_for(database_url, new_database):
     return databases
 
 
+def is_slow(item):
+    """Whether a test takes seconds rather than milliseconds: it is marked
+    slow (a browser, a kernel, gunicorn, load), or it serves a step with
+    flask run."""
+    return item.get_closest_marker("slow") is not None or "serve" in item.fixturenames
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    """Run the slow tests first, in the order pytest chose for each group.
+
+    pytest-xdist hands the tests out in this order, two at a time
+    (--maxschedchunk in the Makefile): each worker takes the next slow
+    test as it finishes one, and the run ends on short tests that all the
+    workers share, rather than on one worker with a minute of load left.
+    """
+    items.sort(key=lambda item: not is_slow(item))
+
+
 def pytest_sessionfinish(session, exitstatus):
     """In CI, fail a run in which any test was skipped."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")

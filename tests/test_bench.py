@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from bench.apps import CASES  # noqa: I001
 from bench.load import HOW_TO_GET_WRK
 from bench.load import find_wrk
@@ -17,6 +19,7 @@ from .postgres import find_binaries
 from .support import ROOT
 
 
+@pytest.mark.slow
 def test_the_quick_benchmark_writes_a_table_json_and_a_chart(tmp_path):
     if find_binaries() is None:
         skip_or_fail(HOW_TO_GET_POSTGRES)

@@ -15,6 +15,9 @@ from .screenshots import take_screenshots
 from .screenshots import wait_for_samples
 from .support import ROOT
 
+# Each test drives Chromium against a step served by flask run.
+pytestmark = pytest.mark.slow
+
 playwright = pytest.importorskip("playwright.sync_api")
 expect = playwright.expect
 

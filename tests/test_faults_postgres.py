@@ -242,6 +242,7 @@ def test_dispose_with_close_in_the_child_ends_the_parents_connection(
     assert app.test_client().get("/messages").status_code == 200
 
 
+@pytest.mark.slow
 def test_gunicorn_preload_workers_open_their_own_connections(
     server, database_url, tmp_path
 ):

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from hypothesis import HealthCheck
 from hypothesis import given
 from hypothesis import settings
@@ -32,6 +33,7 @@ CONTENT_TYPES = st.sampled_from(
 )
 
 
+@pytest.mark.slow
 @settings(
     max_examples=150,
     deadline=None,
@@ -48,6 +50,7 @@ def test_no_request_gets_a_server_error(client, method, path, body, content_type
         assert response.get_json()["error"]
 
 
+@pytest.mark.slow
 @settings(
     max_examples=100,
     deadline=None,

@@ -17,6 +17,9 @@ from .postgres import find_binaries
 from .support import ROOT
 from .support import free_port
 
+# Each test runs make, which starts a server and a step.
+pytestmark = pytest.mark.slow
+
 
 # Ctrl-C in a terminal sends SIGINT to the whole foreground group; kill and
 # closing the terminal, SIGTERM.

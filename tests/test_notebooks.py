@@ -75,6 +75,7 @@ NOTEBOOK_RUNS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("step", "backend"), NOTEBOOK_RUNS, ids=["-".join(run) for run in NOTEBOOK_RUNS]
 )
@@ -126,6 +127,7 @@ def listening_addresses(port):
     return addresses
 
 
+@pytest.mark.slow
 def test_make_notebooks_serves_the_notebooks_on_loopback_only(tmp_path):
     port = free_port()
     log_path = tmp_path / "jupyterlab.log"

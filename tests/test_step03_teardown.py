@@ -101,6 +101,7 @@ def test_a_failed_transaction_leaves_nothing_for_the_threads_next_request(client
     assert after.get_json() == [message]
 
 
+@pytest.mark.slow
 def test_reused_threads_share_a_small_pool_without_a_failure(step, make_app):
     app = make_app(step, engine_options=SMALL_POOL)
 

@@ -199,6 +199,7 @@ def test_a_forked_child_leaves_reflections_connection_to_the_parent(
     assert pool_status(client)["connects"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("step", "inherited"),
     [("step04_pooling", 0), *((step, 1) for step in STEPS_WITH_REFLECTION)],

@@ -282,6 +282,7 @@ def test_on_sqlite_the_app_behaves_as_before_once_the_block_is_over(
     assert committed(app)["messages"] == ["committed"]
 
 
+@pytest.mark.slow
 def test_the_example_tests_pass_and_leave_the_databases_empty(step, databases_for):
     databases = databases_for(step)
     env = {

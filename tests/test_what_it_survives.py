@@ -77,6 +77,7 @@ def mixed_load(app, seed):
     return mine, counts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", STEPS_UNDER_LOAD)
 def test_mixed_concurrent_load_loses_nothing_and_answers_no_5xx(
     step, make_app, backend

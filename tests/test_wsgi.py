@@ -21,6 +21,9 @@ from .support import free_port
 from .support import steps_from
 from .support import wait_for_http
 
+# Each test starts gunicorn with several workers.
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize(
     ("step", "connections_of_its_own"),
