@@ -11,8 +11,10 @@ from .postgres import find_binaries
 from .support import STEPS
 from .support import STEPS_WITH_TWO_DATABASES
 from .support import LiveServer
+from .support import dispose_engines
 from .support import free_port
 from .support import import_step
+from .support import initialize_databases
 
 
 @pytest.fixture(params=STEPS)
@@ -158,14 +160,8 @@ def pytest_sessionfinish(session, exitstatus):
 
 def create_app_with_tables(step, databases, engine_options=None, **config):
     """Create a step's app on its databases, once init-db has run on them."""
-    module = import_step(step)
-    # init-db runs through the CLI of an app of its own, so that the app
-    # under test starts with an untouched pool.
-    initializer = module.create_app(databases)
-    result = initializer.test_cli_runner().invoke(args=["init-db"])
-    assert result.output == "Initialized the database.\n", result.output
-    dispose_engines(initializer)
-    return module.create_app(
+    initialize_databases(step, databases)
+    return import_step(step).create_app(
         {
             "TESTING": True,
             **databases,
@@ -220,13 +216,6 @@ def shared_client(request, tmp_path_factory):
     yield app.test_client()
     close_app(app)
     databases.drop()
-
-
-def dispose_engines(app):
-    """Close every pooled connection of the app's engines."""
-    for name in ("engine", "audit_engine"):
-        if name in app.extensions:
-            app.extensions[name].dispose()
 
 
 @pytest.fixture

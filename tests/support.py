@@ -60,6 +60,32 @@ def import_step(step):
     return importlib.import_module(step)
 
 
+def dispose_engines(app):
+    """Close every pooled connection of the app's engines."""
+    for name in ("engine", "audit_engine"):
+        if name in app.extensions:
+            app.extensions[name].dispose()
+
+
+def databases_in(env):
+    """Return the database URLs among a step's environment variables."""
+    return {
+        key: env[key] for key in ("DATABASE_URL", "AUDIT_DATABASE_URL") if key in env
+    }
+
+
+def initialize_databases(step, databases):
+    """Run a step's ``flask init-db`` on its databases, in this process.
+
+    It runs through the CLI of an app of its own, whose pools are closed
+    after, so that the app or server under test starts with untouched pools.
+    """
+    initializer = import_step(step).create_app(databases)
+    result = initializer.test_cli_runner().invoke(args=["init-db"])
+    assert result.output == "Initialized the database.\n", result.output
+    dispose_engines(initializer)
+
+
 def pool_status(client):
     """Return what ``GET /pool`` answers."""
     response = client.get("/pool")
@@ -259,11 +285,12 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
-        flask = [sys.executable, "-m", "flask", "--app", step]
         if init_db:
-            subprocess.run(
-                [*flask, "init-db"], cwd=ROOT, env=self.env, check=True, timeout=60
-            )
+            # Here rather than in a process of its own, which would import
+            # Flask and SQLAlchemy once more: a second, or three on a busy
+            # machine, for every server a test starts.
+            initialize_databases(step, databases_in(env))
+        flask = [sys.executable, "-m", "flask", "--app", step]
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [*flask, "run", "--host", "127.0.0.1", "--port", str(self.port)],
