@@ -36,15 +36,22 @@ def wait_for_samples(page, count):
     )
 
 
-def burst_and_wait(page, server, count=20):
-    """Open a step's page, send a burst of requests, and let the panel catch up."""
+def burst_and_wait(page, server, count=20, let_pass=None):
+    """Open a step's page, send a burst of requests, and let the panel catch up.
+
+    ``let_pass(milliseconds)`` lets time pass on the page: by default it
+    waits; the browser tests move the page's clock on instead.
+    """
+    let_pass = let_pass or page.wait_for_timeout
     page.goto(server.url + "/")
+    let_pass(2000)
     wait_for_samples(page, 3)
     page.fill('#burst input[name="count"]', str(count))
     page.click("#burst button")
     page.wait_for_selector("#burst-result[data-ok]", timeout=60_000)
     # A few more samples, so the chart shows what followed the burst.
-    page.wait_for_timeout(3000)
+    let_pass(3000)
+    wait_for_samples(page, 6)
 
 
 def take_screenshots(folder, browser):

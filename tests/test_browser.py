@@ -47,10 +47,26 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    """Open a new browser page."""
+    """Open a new browser page, on a clock of its own.
+
+    The panel asks for /pool once a second. Rather than wait for the wall
+    clock, a test moves the page's clock on (page.clock.run_for): the
+    page's timers fire at once, and its requests to the server are real.
+    """
     context = browser.new_context()
-    yield context.new_page()
+    page = context.new_page()
+    page.clock.install()
+    yield page
     context.close()
+
+
+def take_samples(page, seconds):
+    """Move the page's clock on by whole seconds, and wait for the samples
+    of /pool the panel asks for meanwhile, one a second."""
+    wait_for_samples(page, 1)
+    before = int(page.get_attribute("#pool-chart", "data-samples"))
+    page.clock.run_for(seconds * 1000)
+    wait_for_samples(page, before + seconds)
 
 
 def test_the_pool_panel_shows_pool_and_refreshes_every_second(step, serve, page):
@@ -65,20 +81,21 @@ def test_the_pool_panel_shows_pool_and_refreshes_every_second(step, serve, page)
 
     page.goto(server.url + "/")
     expect(page.locator('[data-pool="connects"]')).to_have_text("1")
-    page.wait_for_timeout(2500)
+    page.clock.run_for(2500)
+    wait_for_samples(page, 3)
 
     status = server.get("/pool").json()
     for key in ("pool_class", "size", "pid", "url"):
         expect(page.locator(f'[data-pool="{key}"]')).to_have_text(str(status[key]))
-    # One request on load, then one a second.
-    assert len(pool_requests) >= 3
+    # One request on load, then one a second: two in 2.5 seconds.
+    assert len(pool_requests) == 3
 
 
 def test_the_chart_accumulates_a_sample_a_second(step, serve, page):
     server = serve(step)
     page.goto(server.url + "/")
 
-    wait_for_samples(page, 4)
+    take_samples(page, 3)
 
     for series in ("checked_out", "overflow", "connects"):
         points = page.get_attribute(f'[data-series="{series}"]', "points").split()
@@ -113,7 +130,7 @@ def test_step_2_answers_a_burst_with_503s_and_keeps_connections_checked_out(
         "step02_session", FLASK_ENGINE_OPTIONS=json.dumps(SMALL_POOL_FAILING_FAST)
     )
 
-    burst_and_wait(page, server)
+    burst_and_wait(page, server, let_pass=page.clock.run_for)
 
     result = page.locator("#burst-result")
     assert int(result.get_attribute("data-unavailable")) > 0
@@ -129,7 +146,7 @@ def test_step_3_answers_the_same_burst_without_a_failure(serve, page):
         "step03_teardown", FLASK_ENGINE_OPTIONS=json.dumps(SMALL_POOL_FAILING_FAST)
     )
 
-    burst_and_wait(page, server)
+    burst_and_wait(page, server, let_pass=page.clock.run_for)
 
     result = page.locator("#burst-result")
     assert result.get_attribute("data-ok") == "20"
@@ -145,7 +162,7 @@ def test_when_the_database_fails_the_page_keeps_its_live_panel(step, serve, page
 
     assert response.status == 503
     expect(page.locator("#database-error")).to_contain_text("database unavailable")
-    wait_for_samples(page, 2)
+    take_samples(page, 1)
     expect(page.locator('[data-pool="connects"]')).to_have_text("0")
 
 
@@ -161,7 +178,7 @@ def test_when_step_2s_pool_runs_dry_the_page_shows_it_in_its_panel(serve, page):
 
     assert response.status == 503
     expect(page.locator("#database-error")).to_contain_text("QueuePool limit")
-    wait_for_samples(page, 2)
+    take_samples(page, 1)
     expect(page.locator("#held-warning")).to_be_visible()
 
 
@@ -171,7 +188,7 @@ def test_the_page_requests_nothing_from_another_origin(step, serve, page):
     page.on("request", lambda request: requested.append(request.url))
 
     # A small burst: step 2 keeps every connection it touches.
-    burst_and_wait(page, server, count=3)
+    burst_and_wait(page, server, count=3, let_pass=page.clock.run_for)
     page.fill('input[name="text"]', "from the browser")
     page.click("#new-message button")
     expect(page.locator("#messages li")).to_have_text(["from the browser"])
@@ -216,7 +233,7 @@ def test_step_6s_page_shows_the_audit_pool_as_pool_reports_it(serve, page):
     page.fill('#new-message input[name="text"]', "audited")
     page.click("#new-message button")
     expect(page.locator("#messages")).to_contain_text("audited")
-    page.wait_for_timeout(1500)
+    take_samples(page, 1)
 
     audit = server.get("/pool").json()["audit"]
     assert audit["connects"] == 1
