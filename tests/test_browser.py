@@ -1,5 +1,6 @@
 """Each page works as a small lab in a real browser: panel, chart, burst, errors."""
 
+import datetime
 import json
 import os
 
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.slow
 playwright = pytest.importorskip("playwright.sync_api")
 expect = playwright.expect
 
+PAGE_CLOCK_STARTS = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 # Nothing listens on port 9: every connection attempt is refused.
 UNREACHABLE_DATABASE = "postgresql+psycopg://reader@127.0.0.1:9/articles"
 
@@ -47,7 +49,7 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    """Open a new browser page, on a clock of its own.
+    """Open a new browser page, on a clock of its own that stands still.
 
     The panel asks for /pool once a second. Rather than wait for the wall
     clock, a test moves the page's clock on (page.clock.run_for): the
@@ -55,7 +57,8 @@ def page(browser):
     """
     context = browser.new_context()
     page = context.new_page()
-    page.clock.install()
+    page.clock.install(time=PAGE_CLOCK_STARTS)
+    page.clock.pause_at(PAGE_CLOCK_STARTS + datetime.timedelta(minutes=1))
     yield page
     context.close()
 
