@@ -20,6 +20,9 @@ from .support import ROOT
 
 
 @pytest.mark.slow
+# About a minute alone; up to two while the suite's other slow tests share
+# the cores. The run itself stops after four (below).
+@pytest.mark.timeout(300)
 def test_the_quick_benchmark_writes_a_table_json_and_a_chart(tmp_path):
     if find_binaries() is None:
         skip_or_fail(HOW_TO_GET_POSTGRES)

@@ -94,15 +94,19 @@ def test_delete_answers_204_and_the_message_is_gone(client):
     ("method", "body"),
     [("get", None), ("patch", {"text": "x"}), ("delete", None)],
 )
-@pytest.mark.parametrize("message_id", [1, 2147483647, 2147483648, 10**30])
-def test_an_absent_message_is_a_json_404(client, method, body, message_id):
-    create(client)
-    client.delete("/messages/1")
+@pytest.mark.parametrize("message_id", ["deleted", 2147483647, 2147483648, 10**30])
+def test_an_absent_message_is_a_json_404(shared_client, method, body, message_id):
+    client = shared_client
+    if message_id == "deleted":
+        message_id = create(client)["id"]
+        client.delete(f"/messages/{message_id}")
+    before = client.get("/messages").get_json()
 
     response = getattr(client, method)(f"/messages/{message_id}", json=body)
 
     assert response.status_code == 404
     assert "error" in response.get_json()
+    assert client.get("/messages").get_json() == before
 
 
 @pytest.mark.parametrize(
