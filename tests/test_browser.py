@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
 playwright = pytest.importorskip("playwright.sync_api")
 expect = playwright.expect
 
+# Where the page's clock starts (see the page fixture).
 PAGE_CLOCK_STARTS = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 # Nothing listens on port 9: every connection attempt is refused.
 UNREACHABLE_DATABASE = "postgresql+psycopg://reader@127.0.0.1:9/articles"
@@ -58,6 +59,8 @@ def page(browser):
     context = browser.new_context()
     page = context.new_page()
     page.clock.install(time=PAGE_CLOCK_STARTS)
+    # Installed, the clock still runs with the wall clock; paused, a busy
+    # machine cannot slip the page an extra tick.
     page.clock.pause_at(PAGE_CLOCK_STARTS + datetime.timedelta(minutes=1))
     yield page
     context.close()
