@@ -6,15 +6,14 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import time
 
-import requests
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from step04_pooling.db import POOL_DEFAULTS
 from tests.support import QueryWatcher
+from tests.support import wait_for_http
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # wrk stops each thread after its share of the requests, and reports as JSON.
@@ -50,17 +49,7 @@ class Gunicorn:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 30
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError("gunicorn exited")
-            try:
-                requests.get(self.url + "/pool", timeout=1)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_for_http(self.url, self.process)
 
     def stop(self):
         """Stop gunicorn and its workers."""

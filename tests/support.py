@@ -299,19 +299,11 @@ class LiveServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        self._wait_until_serving()
-
-    def _wait_until_serving(self, seconds=30):
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"flask run exited:\n{self.log()}")
-            try:
-                requests.get(self.url + "/pool", timeout=1)
-                return
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        raise RuntimeError(f"flask run did not answer in {seconds}s:\n{self.log()}")
+        try:
+            wait_for_http(self.url, self.process, log_path=log_path)
+        except BaseException:
+            self.stop()
+            raise
 
     def get(self, path, **kwargs):
         """Send a GET request to the server."""
@@ -353,7 +345,9 @@ def wait_for_http(url, process, seconds=30, log_path=None):
         try:
             requests.get(url + "/pool", timeout=1)
             return
-        except requests.ConnectionError:
+        # Refused: nothing listens yet. Timed out: it listens, but its
+        # workers are still starting, as on a busy machine they may be.
+        except (requests.ConnectionError, requests.Timeout):
             time.sleep(0.1)
     raise AssertionError(f"{url} did not answer in {seconds}s")
 

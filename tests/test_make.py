@@ -16,6 +16,7 @@ from .postgres import HOW_TO_GET_POSTGRES
 from .postgres import find_binaries
 from .support import ROOT
 from .support import free_port
+from .support import wait_for_http
 
 # Each test runs make, which starts a server and a step.
 pytestmark = pytest.mark.slow
@@ -51,15 +52,8 @@ def test_make_run_db_postgresql_serves_the_step_on_a_throwaway_server(
         )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert make.poll() is None, log_path.read_text()
-            try:
-                pool = requests.get(url + "/pool", timeout=1).json()
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.2)
+        wait_for_http(url, make, seconds=60, log_path=log_path)
+        pool = requests.get(url + "/pool", timeout=10).json()
         created = requests.post(url + "/messages", json={"text": "on PostgreSQL"})
         listed = requests.get(url + "/messages", timeout=10).json()
         page = requests.get(url, timeout=10).text
