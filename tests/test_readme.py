@@ -8,6 +8,7 @@ import pytest
 
 from bench.report import table
 
+from .conftest import is_slow
 from .support import ROOT
 from .support import STEPS
 
@@ -216,4 +217,17 @@ def test_step_8s_connection_arithmetic_is_that_of_the_drills_and_the_harness():
     assert f"all {requests} answered 201" in drill_table
     assert f"more than {harness.POOL_SIZE} server connections per database" in (
         drill_table
+    )
+
+
+def test_the_slow_tests_run_first_two_at_a_time(request):
+    # The order this run's collection ended in, as each worker has it.
+    slow = [is_slow(item) for item in request.session.items]
+    if all(slow) or not any(slow):
+        pytest.skip("this run collected tests of one kind only: nothing to order")
+    assert slow == sorted(slow, reverse=True)
+    makefile = (ROOT / "Makefile").read_text()
+    assert "$(BIN)/pytest -n $(TEST_WORKERS) --maxschedchunk 2" in makefile
+    assert "`make test` hands the workers two tests at a time" in " ".join(
+        README.split()
     )
