@@ -4,7 +4,6 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 from sqlalchemy import create_engine
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import scoped_session
 from sqlalchemy.orm import sessionmaker
 
@@ -44,12 +43,13 @@ def remove_session(exception=None):
     sessions = current_app.extensions["session"]
     try:
         sessions.remove()
-    except DBAPIError as error:
-        # The connection was lost after the answer was ready, and its
-        # rollback failed: SQLAlchemy has discarded it already. The answer
-        # stands rather than turning into a 500; the Session is forgotten
-        # all the same, so that the thread's next request starts afresh.
-        current_app.logger.warning("connection lost in teardown", exc_info=error)
+    except Exception as error:
+        # The rollback failed after the answer was ready: the connection was
+        # lost (SQLAlchemy has discarded it already), or another process
+        # shares its socket and it is out of step. The answer stands rather
+        # than turning into a 500; the Session is forgotten all the same, so
+        # that the thread's next request starts afresh.
+        current_app.logger.warning("teardown failed", exc_info=error)
         sessions.registry.clear()
 
 

@@ -1,14 +1,12 @@
 """The engine, the session registry, and the ``init-db`` command."""
 
 import os
-import weakref
-from functools import partial
+import threading
 
 import click
 from flask import current_app
 from flask.cli import with_appcontext
 from sqlalchemy import create_engine
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import scoped_session
 from sqlalchemy.orm import sessionmaker
 
@@ -42,13 +40,14 @@ def init_app(app):
         app.config["DATABASE_URL"], **{**POOL_DEFAULTS, **app.config["ENGINE_OPTIONS"]}
     )
     app.extensions["engine"] = engine
-    # A forked child (gunicorn --preload, multiprocessing) inherits the pool
-    # and its open connections; if both processes use one socket, their
-    # traffic interleaves. The child must start with a pool of its own.
-    os.register_at_fork(after_in_child=partial(start_fresh_pool, weakref.ref(engine)))
     # One Session per thread: each request handled on a thread uses the
     # Session that scoped_session keeps for that thread.
     app.extensions["session"] = scoped_session(sessionmaker(bind=engine))
+    # A forked child (uWSGI's workers, gunicorn --preload's, multiprocessing)
+    # inherits the pool and its open connections; if both processes use one
+    # socket, their traffic interleaves. The child must start a pool of its
+    # own before it first uses one.
+    app.extensions["pool_owner"] = PoolOwner([engine], app.extensions["session"])
     # Without this, the thread's Session would keep its transaction open
     # and its connection checked out after the request.
     app.teardown_appcontext(remove_session)
@@ -56,22 +55,43 @@ def init_app(app):
 
 
 def get_engine():
-    """Return the current app's engine."""
+    """Return the current app's engine, with a pool of this process's own."""
+    current_app.extensions["pool_owner"].claim()
     return current_app.extensions["engine"]
 
 
 def get_session():
     """Return the current thread's Session from the app's registry."""
+    current_app.extensions["pool_owner"].claim()
     return current_app.extensions["session"]()
 
 
-def start_fresh_pool(engine_ref):
-    """Give a forked child an empty pool, leaving the parent's connections be."""
-    engine = engine_ref()
-    if engine is not None:
-        # close=False: forget the inherited connections without closing
-        # them, since closing would end them for the parent process too.
-        engine.dispose(close=False)
+class PoolOwner:
+    """The process that the app's pools belong to: a forked child, before
+    it first uses them, takes pools of its own, whoever forked it."""
+
+    def __init__(self, engines, sessions):
+        self.pid = os.getpid()
+        self._engines = engines
+        self._sessions = sessions
+        self._lock = threading.Lock()
+
+    def claim(self):
+        """Give this process empty pools if the app's belong to another."""
+        # A pid check, not a fork hook: uWSGI forks its workers in C, where
+        # os.register_at_fork's hooks never run. One getpid() a call.
+        if self.pid == os.getpid():
+            return
+        with self._lock:
+            if self.pid != os.getpid():
+                for engine in self._engines:
+                    # close=False: forget the inherited connections without
+                    # closing them: closing would end them for the parent.
+                    engine.dispose(close=False)
+                # A child forked during a request carries the thread's
+                # Session over, with the parent's connection: forget it too.
+                self._sessions.registry.clear()
+                self.pid = os.getpid()
 
 
 def remove_session(exception=None):
@@ -79,15 +99,17 @@ def remove_session(exception=None):
     # remove() closes the Session (rolling back what was not committed and
     # returning its connection to the pool), then drops it from the
     # registry, so the thread's next request starts with a new Session.
+    current_app.extensions["pool_owner"].claim()
     sessions = current_app.extensions["session"]
     try:
         sessions.remove()
-    except DBAPIError as error:
-        # The connection was lost after the answer was ready, and its
-        # rollback failed: SQLAlchemy has discarded it already. The answer
-        # stands rather than turning into a 500; the Session is forgotten
-        # all the same, so that the thread's next request starts afresh.
-        current_app.logger.warning("connection lost in teardown", exc_info=error)
+    except Exception as error:
+        # The rollback failed after the answer was ready: the connection was
+        # lost (SQLAlchemy has discarded it already), or another process
+        # shares its socket and it is out of step. The answer stands rather
+        # than turning into a 500; the Session is forgotten all the same, so
+        # that the thread's next request starts afresh.
+        current_app.logger.warning("teardown failed", exc_info=error)
         sessions.registry.clear()
 
 

@@ -10,9 +10,7 @@ from flask import request
 from flask import url_for
 from sqlalchemy import delete
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.exc import PendingRollbackError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException
 
@@ -161,17 +159,35 @@ def deleted_meanwhile(error):
     return {"error": "the message was deleted by another request"}, 404
 
 
-@bp.app_errorhandler(DBAPIError)
-@bp.app_errorhandler(PoolTimeoutError)
-@bp.app_errorhandler(PendingRollbackError)
+@bp.app_errorhandler(SQLAlchemyError)
 def database_unavailable(error):
     """Answer 503 when the database cannot serve the request, and log why."""
     # A lost or refused connection, no pooled connection free within
-    # pool_timeout, or a failed transaction that nothing rolled back yet:
+    # pool_timeout, a failed transaction that nothing rolled back yet, or a
+    # result that is not the query's (one connection shared across a fork):
     # the request may succeed if tried again, so 503, not 500.
     current_app.logger.warning("database unavailable", exc_info=error)
     reason = str(error).partition("\n")[0]
-    message = f"database unavailable ({type(error).__name__}): {reason}"
+    return unavailable(f"database unavailable ({type(error).__name__}): {reason}")
+
+
+@bp.app_errorhandler(Exception)
+def unexpected_error(error):
+    """Answer 503 for an error that no handler above expects, and log it."""
+    if current_app.testing or current_app.debug:
+        # Tests and the debugger see the error itself, as Flask shows them
+        # any error that no handler takes.
+        raise error
+    # A connection that another process reads too hands this one another
+    # query's rows, and the code that reads them fails in any way at all
+    # (IndexError, TypeError, NotImplementedError). The log gets the
+    # traceback; the client, that trying again may succeed.
+    current_app.logger.error("request failed", exc_info=error)
+    return unavailable(f"request failed ({type(error).__name__}): try again")
+
+
+def unavailable(message):
+    """Answer 503 with a message: the page for the page, JSON otherwise."""
     if request.endpoint == "messages.index":
         # The page, not JSON: its pool panel goes on showing what happens.
         return render_page([], database_error=message), 503

@@ -3,8 +3,6 @@
 import os
 import pathlib
 import threading
-import weakref
-from functools import partial
 
 import click
 from flask import current_app
@@ -77,14 +75,9 @@ def init_app(app):
     app.extensions["engine"] = engine
     app.extensions["audit_engine"] = audit_engine
     engines = app.extensions["engines"] = {"messages": engine, "audit": audit_engine}
-    # A forked child (gunicorn --preload, multiprocessing) inherits the pool
-    # and its open connections; if both processes use one socket, their
-    # traffic interleaves. The child must start with a pool of its own.
-    for each in engines.values():
-        os.register_at_fork(after_in_child=partial(start_fresh_pool, weakref.ref(each)))
     # Map the models from the tables as the databases have them now. This
     # connects as the app is created: under gunicorn --preload, in the
-    # master before it forks, which start_fresh_pool above makes safe.
+    # master before it forks, which the PoolOwner below makes safe.
     models = app.extensions["models"] = ReflectedModels(engines)
     try:
         models.get()
@@ -103,6 +96,13 @@ def init_app(app):
     bases = models.declared.bases
     binds = {bases["messages"]: engine, bases["audit"]: audit_engine}
     app.extensions["session"] = scoped_session(sessionmaker(bind=engine, binds=binds))
+    # A forked child (uWSGI's workers, gunicorn --preload's, multiprocessing)
+    # inherits the pool and its open connections; if both processes use one
+    # socket, their traffic interleaves. The child must start a pool of its
+    # own before it first uses one.
+    app.extensions["pool_owner"] = PoolOwner(
+        list(engines.values()), app.extensions["session"]
+    )
     # Without this, the thread's Session would keep its transaction open
     # and its connection checked out after the request.
     app.teardown_appcontext(remove_session)
@@ -140,11 +140,13 @@ def create_engine_for(url, config):
 
 def get_session():
     """Return the current thread's Session from the app's registry."""
+    current_app.extensions["pool_owner"].claim()
     return current_app.extensions["session"]()
 
 
 def get_models():
     """Return the current app's model classes, mapped from its database."""
+    current_app.extensions["pool_owner"].claim()
     return current_app.extensions["models"].get()
 
 
@@ -168,13 +170,32 @@ class ReflectedModels:
         return self.declared
 
 
-def start_fresh_pool(engine_ref):
-    """Give a forked child an empty pool, leaving the parent's connections be."""
-    engine = engine_ref()
-    if engine is not None:
-        # close=False: forget the inherited connections without closing
-        # them, since closing would end them for the parent process too.
-        engine.dispose(close=False)
+class PoolOwner:
+    """The process that the app's pools belong to: a forked child, before
+    it first uses them, takes pools of its own, whoever forked it."""
+
+    def __init__(self, engines, sessions):
+        self.pid = os.getpid()
+        self._engines = engines
+        self._sessions = sessions
+        self._lock = threading.Lock()
+
+    def claim(self):
+        """Give this process empty pools if the app's belong to another."""
+        # A pid check, not a fork hook: uWSGI forks its workers in C, where
+        # os.register_at_fork's hooks never run. One getpid() a call.
+        if self.pid == os.getpid():
+            return
+        with self._lock:
+            if self.pid != os.getpid():
+                for engine in self._engines:
+                    # close=False: forget the inherited connections without
+                    # closing them: closing would end them for the parent.
+                    engine.dispose(close=False)
+                # A child forked during a request carries the thread's
+                # Session over, with the parent's connection: forget it too.
+                self._sessions.registry.clear()
+                self.pid = os.getpid()
 
 
 def remove_session(exception=None):
@@ -182,15 +203,17 @@ def remove_session(exception=None):
     # remove() closes the Session (rolling back what was not committed and
     # returning its connection to the pool), then drops it from the
     # registry, so the thread's next request starts with a new Session.
+    current_app.extensions["pool_owner"].claim()
     sessions = current_app.extensions["session"]
     try:
         sessions.remove()
-    except DBAPIError as error:
-        # The connection was lost after the answer was ready, and its
-        # rollback failed: SQLAlchemy has discarded it already. The answer
-        # stands rather than turning into a 500; the Session is forgotten
-        # all the same, so that the thread's next request starts afresh.
-        current_app.logger.warning("connection lost in teardown", exc_info=error)
+    except Exception as error:
+        # The rollback failed after the answer was ready: the connection was
+        # lost (SQLAlchemy has discarded it already), or another process
+        # shares its socket and it is out of step. The answer stands rather
+        # than turning into a 500; the Session is forgotten all the same, so
+        # that the thread's next request starts afresh.
+        current_app.logger.warning("teardown failed", exc_info=error)
         sessions.registry.clear()
 
 

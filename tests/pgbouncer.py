@@ -305,12 +305,13 @@ class Answer(NamedTuple):
     is_json: bool = False
 
 
-def send_load(urls, clients, requests_each, path="/messages", stop=None):
+def send_load(urls, clients, requests_each, path="/messages", stop=None, timeout=30):
     """Send POST requests from ``clients`` threads, spread over the instances.
 
     Each request opens a new HTTP connection, so the instances' workers
     share the load. Bounded: ``clients * requests_each`` requests at most,
-    each given up after 30 seconds; ``stop`` (an Event) ends it sooner.
+    each given up after ``timeout`` seconds; ``stop`` (an Event) ends it
+    sooner.
     Return the answers (Answer).
     """
     answers = []
@@ -324,7 +325,9 @@ def send_load(urls, clients, requests_each, path="/messages", stop=None):
             sent = time.monotonic()
             try:
                 response = requests.post(
-                    url, json={"text": f"client {number}, request {count}"}, timeout=30
+                    url,
+                    json={"text": f"client {number}, request {count}"},
+                    timeout=timeout,
                 )
             except requests.RequestException as error:
                 answer = Answer(sent, time.monotonic(), None, f"no answer: {error}")

@@ -3,6 +3,8 @@
 The harness starts its own cluster (initdb and pg_ctl into a temporary
 folder, on a free loopback port) unless TEST_POSTGRES_URL names a server on
 which the tests may create databases. Each test gets a database of its own.
+A cluster started with ``tls=True`` accepts TLS, with a certificate made for
+the run, and its URLs ask for it (tls_query).
 
 Run as a program, it starts such a cluster for a command of yours, with
 DATABASE_URL naming a database on it (and AUDIT_DATABASE_URL a second one,
@@ -24,6 +26,7 @@ import tempfile
 import uuid
 
 from sqlalchemy import create_engine
+from sqlalchemy.engine import URL
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
@@ -127,8 +130,7 @@ class Cluster(Server):
 
     can_stop = True
 
-    def __init__(self, bindir, port, settings=None):
-        super().__init__(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres")
+    def __init__(self, bindir, port, settings=None, tls=False):
         self.bindir = bindir
         self.port = port
         # Server settings over the harness's own: step 8's drills need a
@@ -141,12 +143,57 @@ class Cluster(Server):
         self.owner = unprivileged_user() if os.geteuid() == 0 else None
         if self.owner is not None:
             os.chown(self.folder, self.owner.pw_uid, self.owner.pw_gid)
+        # With tls=True, the server accepts TLS with a certificate made for
+        # the run, and every URL of the cluster's asks for it (tls_query).
+        self.ca_file = self._make_certificates() if tls else None
+        super().__init__(
+            URL.create(
+                "postgresql+psycopg",
+                username="postgres",
+                host="127.0.0.1",
+                port=port,
+                database="postgres",
+                query=tls_query(self.ca_file) if tls else {},
+            )
+        )
         self._run(
             "initdb",
             *("-D", self.data, "-U", "postgres", "--auth=trust"),
             *("--encoding=UTF8", "--no-locale", "--no-sync"),
         )
         self.start()
+
+    def _make_certificates(self):
+        """Write a CA and a server certificate for loopback into the cluster's
+        folder, have the server use them, and return the CA's file."""
+        # Imported here: only the tests' TLS cluster needs it.
+        import trustme
+
+        authority = trustme.CA()
+        certificate = authority.issue_cert("127.0.0.1", "localhost")
+        files = {
+            "ca.crt": (authority.cert_pem.bytes(), 0o644),
+            "server.crt": (
+                b"".join(pem.bytes() for pem in certificate.cert_chain_pems),
+                0o644,
+            ),
+            # PostgreSQL refuses a key that others than its owner may read.
+            "server.key": (certificate.private_key_pem.bytes(), 0o600),
+        }
+        for name, (content, mode) in files.items():
+            path = os.path.join(self.folder, name)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            with os.fdopen(descriptor, "wb") as file:
+                file.write(content)
+            if self.owner is not None:
+                os.chown(path, self.owner.pw_uid, self.owner.pw_gid)
+        self.settings = {
+            "ssl": "on",
+            "ssl_cert_file": os.path.join(self.folder, "server.crt"),
+            "ssl_key_file": os.path.join(self.folder, "server.key"),
+            **self.settings,
+        }
+        return os.path.join(self.folder, "ca.crt")
 
     def start(self):
         """Start the server and wait until it accepts connections."""
@@ -195,6 +242,14 @@ class Cluster(Server):
             timeout=60,
             **run_as(self.owner),
         )
+
+
+def tls_query(ca_file):
+    """Return the URL query of a client that connects over TLS only, to the
+    server whose certificate the CA in ``ca_file`` signed."""
+    # verify-full, not require: require encrypts but trusts any server;
+    # this checks the certificate is the run's, for the host in the URL.
+    return {"sslmode": "verify-full", "sslrootcert": ca_file}
 
 
 def run_as(owner):

@@ -179,21 +179,22 @@ def test_creating_the_app_connects_to_map_the_models(step, opened_at_startup, ma
     assert status["connects"] == status["checked_in"] == opened_at_startup
 
 
-@pytest.mark.parametrize(("fork_hook", "opened_in_the_child"), [(True, 1), (False, 0)])
+@pytest.mark.parametrize(("pool_owner", "opened_in_the_child"), [(True, 1), (False, 0)])
 def test_a_forked_child_leaves_reflections_connection_to_the_parent(
-    step, make_app, monkeypatch, fork_hook, opened_in_the_child
+    step, make_app, pool_owner, opened_in_the_child
 ):
-    if not fork_hook:
-        # As if step 4's os.register_at_fork line were not there.
-        monkeypatch.setattr(os, "register_at_fork", lambda **hooks: None)
     client = make_app(step).test_client()
 
     def serve_in_child():
+        if not pool_owner:
+            # As if step 4's PoolOwner were not there: the child passes
+            # for the process the pools belong to.
+            client.application.extensions["pool_owner"].pid = os.getpid()
         assert client.get("/messages").status_code == 200
         return pool_status(client)["connects_in_this_process"]
 
-    # Without the hook, the child serves on the very connection the parent
-    # holds in its pool: two processes, one socket.
+    # Without the PoolOwner, the child serves on the very connection the
+    # parent holds in its pool: two processes, one socket.
     assert in_forked_child(serve_in_child) == opened_in_the_child
     assert client.get("/messages").status_code == 200
     assert pool_status(client)["connects"] == 1
@@ -205,7 +206,7 @@ def test_a_forked_child_leaves_reflections_connection_to_the_parent(
     [("step04_pooling", 0), *((step, 1) for step in STEPS_WITH_REFLECTION)],
 )
 def test_gunicorn_preload_maps_the_models_in_the_master_before_fork(
-    step, inherited, make_app, database_url
+    step, inherited, make_app, databases_for
 ):
     make_app(step)
     url = f"http://127.0.0.1:{free_port()}"
@@ -216,13 +217,13 @@ def test_gunicorn_preload_maps_the_models_in_the_master_before_fork(
             *("--bind", url.removeprefix("http://"), f"{step}:create_app()"),
         ],
         cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": database_url},
+        env={**os.environ, **databases_for(step)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         wait_for_http(url, gunicorn)
-        workers = worker_answers(url, gunicorn)
+        workers = worker_answers(url, gunicorn, served=True)
     finally:
         gunicorn.terminate()
         gunicorn.wait(timeout=30)
@@ -230,10 +231,11 @@ def test_gunicorn_preload_maps_the_models_in_the_master_before_fork(
     assert len(workers) == 2
     for worker in workers.values():
         # The master's reflection connection is counted in every worker's
-        # copy; step 4's fork hook keeps each worker off it.
-        assert worker["connects"] == inherited
-        assert worker["connects_in_this_process"] == 0
-        assert worker["checked_in"] == 0
+        # copy; step 4's PoolOwner keeps each worker off it: a worker
+        # serves on the one connection it opened itself.
+        assert worker["connects"] == inherited + 1
+        assert worker["connects_in_this_process"] == 1
+        assert worker["checked_in"] == 1
 
 
 def test_automap_and_a_reflected_table_see_the_same_columns(step, make_app):

@@ -82,14 +82,22 @@ def test_preloaded_workers_open_connections_of_their_own_from_step_4_on(
         assert server_connections >= 1 + len(workers)
 
 
-def worker_answers(url, gunicorn):
-    """Ask /pool until both workers have answered; return their answers by pid."""
+def worker_answers(url, gunicorn, served=False):
+    """Ask /pool until both workers have answered; return their answers by pid.
+
+    With ``served``, send GET /messages before each question, and keep only
+    the answers of workers that have served on a connection of their own.
+    """
     # Each request goes to whichever worker takes it first.
     workers = {}
     for _ in range(200):
+        if served:
+            response = requests.get(url + "/messages", timeout=30)
+            assert response.status_code == 200, response.text
         answer = requests.get(url + "/pool", timeout=30).json()
         assert answer["pid"] != gunicorn.pid
-        workers[answer["pid"]] = answer
+        if not served or answer["connects_in_this_process"] > 0:
+            workers[answer["pid"]] = answer
         if len(workers) == 2:
             break
         time.sleep(0.02)

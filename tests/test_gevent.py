@@ -1,0 +1,262 @@
+"""Step 4 under gunicorn's gevent worker: what thread scope gives greenlets.
+
+gunicorn's gevent worker monkey-patches the standard library in each
+worker, after fork (GeventWorker.init_process). Without --preload the
+worker loads the app after that, so scoped_session's threading.local is
+gevent's, one per greenlet, and psycopg, which picks its wait function as
+it is imported, picks one that yields to other greenlets. With --preload
+the master built the app before any patching: one real thread-local for
+every greenlet of a worker, and psycopg's C wait, which blocks the whole
+worker during each query. Patching in a gunicorn config file, which
+gunicorn reads before it preloads the app, puts gevent under all of it.
+
+Each configuration serves tests/gevent_app.py (step 4's wsgi.py, with
+routes that report what the worker got) from one worker of 50 greenlets
+to 40 client threads, on PostgreSQL, where a query that waits for the
+server is what a blocked worker holds up. The tests count (Sessions held
+at once, queries running at once) and never time: requests_per_second is
+there for the failure message.
+"""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import NamedTuple
+
+import pytest
+import requests
+from sqlalchemy.engine import make_url
+
+from .conftest import skip_or_fail
+from .postgres import HOW_TO_GET_POSTGRES
+from .support import ROOT
+from .support import QueryWatcher
+from .support import free_port
+from .support import wait_for_http
+
+# Each configuration starts gunicorn and loads it for a few seconds.
+pytestmark = pytest.mark.slow
+
+GREENLETS = 50
+CLIENTS = 40
+# Each client stops at this many requests, or once the phase's time is up.
+REQUESTS_EACH = 100
+SESSION_SECONDS = 0.5
+QUERY_SECONDS = 2
+
+# Patches before gunicorn loads anything of the app's.
+PATCHED_CONFIG = "tests/gunicorn_gevent_patched.conf.py"
+
+
+class ActiveQueries(QueryWatcher):
+    """Sample how many server connections to a database run a query at once."""
+
+    def __init__(self, server, database_url, interval=0.005):
+        super().__init__(
+            server.admin_engine(),
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = :name AND state = 'active'",
+            {"name": make_url(database_url).database},
+            interval,
+        )
+        self.most = 0
+
+    def record(self, rows):
+        self.most = max(self.most, rows[0][0])
+
+
+class Measurement(NamedTuple):
+    """What one gunicorn configuration did under load."""
+
+    # psycopg's wait function, and the session registry's thread-local
+    # class, in the worker.
+    wait: str
+    local: str
+    # The most requests that held one Session at once.
+    most_requests_on_one_session: int
+    # The most server connections that ran a query at once.
+    most_queries_at_once: int
+    # Answered requests of /gevent/query per second.
+    requests_per_second: float
+    # Answers other than 2xx, and requests that got none.
+    errors: list
+    # What gunicorn logged, for a failure's message.
+    log: str
+
+
+def get_from_clients(url, seconds):
+    """Send GET requests to ``url`` from CLIENTS threads for ``seconds``.
+
+    Return the answers, as (status, JSON body or text) or (None, why there
+    was none), and the seconds until the last came back.
+    """
+    answers = []
+    lock = threading.Lock()
+    started = time.monotonic()
+    deadline = started + seconds
+
+    def client():
+        with requests.Session() as http:
+            for _ in range(REQUESTS_EACH):
+                if time.monotonic() > deadline:
+                    return
+                try:
+                    response = http.get(url, timeout=30)
+                except requests.RequestException as error:
+                    answer = (None, repr(error))
+                else:
+                    is_json = response.headers.get("Content-Type") == "application/json"
+                    body = response.json() if is_json else response.text
+                    answer = (response.status_code, body)
+                with lock:
+                    answers.append(answer)
+
+    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers, time.monotonic() - started
+
+
+def errors_in(answers):
+    """Return the answers that are not a success."""
+    return [answer for answer in answers if not 200 <= (answer[0] or 0) < 300]
+
+
+def measure(server, database_url, options, log_path):
+    """Serve step 4 under gunicorn's gevent worker with ``options``, load it
+    through /gevent/session and then /gevent/query, and stop it."""
+    url = f"http://127.0.0.1:{free_port()}"
+    command = [
+        *(sys.executable, "-m", "gunicorn", "--worker-class", "gevent"),
+        *("--workers", "1", "--worker-connections", str(GREENLETS), *options),
+        *("--bind", url.removeprefix("http://"), "tests.gevent_app:app"),
+    ]
+    with open(log_path, "wb") as log:
+        gunicorn = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": database_url},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_http(url, gunicorn, log_path=log_path)
+        setup = requests.get(url + "/gevent/setup", timeout=30).json()
+        session_answers, _ = get_from_clients(url + "/gevent/session", SESSION_SECONDS)
+        with ActiveQueries(server, database_url) as active:
+            query_answers, seconds = get_from_clients(
+                url + "/gevent/query", QUERY_SECONDS
+            )
+    finally:
+        gunicorn.terminate()
+        try:
+            gunicorn.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            gunicorn.kill()
+            gunicorn.wait()
+    answered = len(query_answers) - len(errors_in(query_answers))
+    return Measurement(
+        wait=setup["wait"],
+        local=setup["local"],
+        most_requests_on_one_session=max(
+            (body["held_by"] for status, body in session_answers if status == 200),
+            default=0,
+        ),
+        most_queries_at_once=active.most,
+        requests_per_second=answered / seconds,
+        errors=errors_in(session_answers) + errors_in(query_answers),
+        log=log_path.read_text(errors="replace"),
+    )
+
+
+@pytest.fixture(scope="module")
+def measure_with(postgres, tmp_path_factory):
+    """Return a function that measures a gunicorn configuration, on a
+    PostgreSQL database of the module's own."""
+    if postgres is None:
+        skip_or_fail(HOW_TO_GET_POSTGRES)
+    database_url = postgres.create_database()
+    folder = tmp_path_factory.mktemp("gevent")
+
+    def measure_options(name, *options):
+        return measure(postgres, database_url, options, folder / f"{name}.log")
+
+    yield measure_options
+    postgres.drop_database(database_url)
+
+
+@pytest.fixture(scope="module")
+def without_preload(measure_with):
+    """Measure gevent workers that load the app themselves, after patching."""
+    return measure_with("without_preload")
+
+
+@pytest.fixture(scope="module")
+def with_preload(measure_with):
+    """Measure gevent workers forked from a master that loaded the app."""
+    return measure_with("with_preload", "--preload")
+
+
+@pytest.fixture(scope="module")
+def patched_before_preload(measure_with):
+    """Measure --preload with gevent's patching done in the config file."""
+    return measure_with(
+        "patched_before_preload", "--preload", "--config", PATCHED_CONFIG
+    )
+
+
+def test_without_preload_each_request_gets_a_session_of_its_own(without_preload):
+    # scoped_session's threading.local is gevent's: one per greenlet.
+    assert without_preload.local.startswith("gevent."), without_preload
+    assert without_preload.most_requests_on_one_session == 1, without_preload
+    assert without_preload.errors == [], without_preload.log
+
+
+def test_without_preload_psycopg_waits_cooperatively_so_queries_run_at_once(
+    without_preload,
+):
+    # What psycopg picks on Linux once gevent has patched select.
+    assert without_preload.wait == "wait_poll", without_preload
+    assert without_preload.most_queries_at_once >= 5, without_preload
+    assert without_preload.errors == [], without_preload.log
+
+
+def test_with_preload_the_requests_of_a_worker_share_one_session(with_preload):
+    # The registry's threading.local was made in the master, before
+    # patching: a real one, and the worker's greenlets all run on one thread.
+    assert with_preload.local == "_thread._local", with_preload
+    assert with_preload.most_requests_on_one_session >= 5, with_preload
+    assert with_preload.errors == [], with_preload.log
+
+
+def test_with_preload_psycopg_blocks_the_worker_so_queries_run_one_at_a_time(
+    with_preload,
+):
+    # psycopg was imported in the master, before patching: its C wait
+    # blocks the worker's one thread, greenlets and all, during each query.
+    assert with_preload.wait == "wait_c", with_preload
+    assert with_preload.most_queries_at_once == 1, with_preload
+    # Slower, but no request fails: they wait their turn.
+    assert with_preload.errors == [], with_preload.log
+
+
+def test_patching_in_the_config_file_gives_preloaded_requests_their_own_sessions(
+    patched_before_preload,
+):
+    assert patched_before_preload.local.startswith("gevent."), patched_before_preload
+    assert patched_before_preload.most_requests_on_one_session == 1, (
+        patched_before_preload
+    )
+    assert patched_before_preload.errors == [], patched_before_preload.log
+
+
+def test_patching_in_the_config_file_lets_preloaded_queries_run_at_once(
+    patched_before_preload,
+):
+    assert patched_before_preload.wait == "wait_poll", patched_before_preload
+    assert patched_before_preload.most_queries_at_once >= 5, patched_before_preload
+    assert patched_before_preload.errors == [], patched_before_preload.log
