@@ -409,7 +409,10 @@ def tag_connections(app):
 
     @app.get("/connection")
     def serving_connection():
-        connection = app.extensions["session"]().connection()
+        # The step's own get_session(): from step 4 on, it gives a forked
+        # child pools of its own before it first uses one.
+        session = importlib.import_module(f"{app.import_name}.db").get_session()
+        connection = session.connection()
         answer = {"opened by pid": connection.info["opened by pid"]}
         if engine.dialect.name == "postgresql":
             # Asked of the server, over the connection's own socket.
@@ -421,8 +424,8 @@ def tag_connections(app):
 def in_forked_child(function):
     """Run ``function`` in a child process made by ``fork()``; return its result.
 
-    multiprocessing's fork context forks as gunicorn --preload does, so the
-    step's at-fork hooks run; the result comes back through a pipe.
+    multiprocessing's fork context forks as gunicorn --preload does; the
+    result comes back through a pipe.
     """
     parent_end, child_end = multiprocessing.Pipe()
 

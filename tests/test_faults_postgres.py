@@ -16,10 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from sqlalchemy import event
 from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 
 from .conftest import skip_or_fail
 from .support import ROOT
@@ -240,6 +242,85 @@ def test_dispose_with_close_in_the_child_ends_the_parents_connection(
     response = app.test_client().get("/messages")
     assert response.status_code == 503
     assert app.test_client().get("/messages").status_code == 200
+
+
+def install_the_pid_recipe(engine):
+    """SQLAlchemy's pid recipe (its pooling docs, "Using Connection Pools with
+    Multiprocessing or os.fork()"): note each connection's process as it
+    connects, and refuse it at checkout in any other process."""
+
+    @event.listens_for(engine, "connect")
+    def note_the_process(dbapi_connection, connection_record):
+        connection_record.info["pid"] = os.getpid()
+
+    @event.listens_for(engine, "checkout")
+    def refuse_another_process(dbapi_connection, connection_record, proxy):
+        if connection_record.info["pid"] != os.getpid():
+            connection_record.dbapi_connection = proxy.dbapi_connection = None
+            raise DisconnectionError("the connection belongs to another process")
+
+
+def last_statement_of(server, backend_pid):
+    """Return the statement a server session ran last, and when it ended."""
+    with server.admin_engine().connect() as connection:
+        return connection.execute(
+            text("SELECT query, state_change FROM pg_stat_activity WHERE pid = :pid"),
+            {"pid": backend_pid},
+        ).one()
+
+
+def test_the_pid_recipe_lets_pre_ping_use_the_parents_connection_first(
+    make_app, server
+):
+    # Step 3 has no fork safety of its own; the recipe and pre-ping are added.
+    app = make_app("step03_teardown", engine_options={"pool_pre_ping": True})
+    install_the_pid_recipe(app.extensions["engine"])
+    parent_backend = backend_pid_of(app)
+    before = last_statement_of(server, parent_backend)
+
+    child_backend = in_forked_child(
+        lambda: (app.test_client().get("/messages").status_code, backend_pid_of(app))
+    )
+
+    # The child got a connection of its own in the end...
+    assert child_backend == [200, child_backend[1]]
+    assert child_backend[1] != parent_backend
+    # ...but SQLAlchemy pings before it runs checkout listeners: the ping
+    # (";", the psycopg dialect's) went over the parent's socket, to the
+    # parent's server session.
+    after = last_statement_of(server, parent_backend)
+    assert (before.query, after.query) == ("ROLLBACK", ";")
+    assert after.state_change > before.state_change
+
+
+def test_the_pid_recipe_lets_recycling_close_the_parents_connection_first(
+    make_app, server, database_url
+):
+    app = make_app(
+        "step03_teardown", engine_options={**PRE_PING_OFF, "pool_recycle": 0.2}
+    )
+    install_the_pid_recipe(app.extensions["engine"])
+    parent_backend = backend_pid_of(app)
+    time.sleep(0.3)
+
+    in_forked_child(lambda: app.test_client().get("/messages").status_code)
+
+    # Recycling comes before checkout listeners too: the child closed the
+    # connection it inherited, which ends the parent's server session.
+    wait_until_gone(server, database_url, {parent_backend})
+
+
+def test_step4_pool_owner_leaves_the_parents_connection_untouched(make_app, server):
+    app = make_app("step04_pooling", engine_options={"pool_recycle": 0.2})
+    parent_backend = backend_pid_of(app)
+    before = last_statement_of(server, parent_backend)
+    time.sleep(0.3)
+
+    in_forked_child(lambda: app.test_client().get("/messages").status_code)
+
+    # Neither a ping nor a close reached the parent's session: the child
+    # started on empty pools before it first used one.
+    assert last_statement_of(server, parent_backend) == before
 
 
 @pytest.mark.slow
