@@ -202,7 +202,9 @@ def remove_session(exception=None):
     """Close the thread's Session and forget it when the app context ends."""
     # remove() closes the Session (rolling back what was not committed and
     # returning its connection to the pool), then drops it from the
-    # registry, so the thread's next request starts with a new Session.
+    # registry, so the thread's next request starts with a new Session. In
+    # a forked child, claim() first, so as not to close a Session inherited
+    # with the parent's connection: its rollback would go over their socket.
     current_app.extensions["pool_owner"].claim()
     sessions = current_app.extensions["session"]
     try:

@@ -15,6 +15,7 @@ from .screenshots import burst_and_wait
 from .screenshots import take_screenshots
 from .screenshots import wait_for_samples
 from .support import ROOT
+from .support import STEPS
 
 # Each test drives Chromium against a step served by flask run.
 pytestmark = pytest.mark.slow
@@ -108,11 +109,19 @@ def test_the_chart_accumulates_a_sample_a_second(step, serve, page):
         assert len(points) >= 4
 
 
-@pytest.mark.parametrize(
-    "engine_options",
-    [{}, {"pool_pre_ping": True, "pool_size": 3, "pool_recycle": 60}],
-    ids=["defaults", "override"],
-)
+# Each step's own settings; an override on step 4, whose concept they are:
+# the panel's code is the same in every step.
+SETTINGS_RUNS = [
+    *(pytest.param(step, {}, id=f"{step}-defaults") for step in STEPS),
+    pytest.param(
+        "step04_pooling",
+        {"pool_pre_ping": True, "pool_size": 3, "pool_recycle": 60},
+        id="step04_pooling-override",
+    ),
+]
+
+
+@pytest.mark.parametrize(("step", "engine_options"), SETTINGS_RUNS)
 def test_the_panel_shows_the_settings_in_force(step, serve, page, engine_options):
     server = serve(step, FLASK_ENGINE_OPTIONS=json.dumps(engine_options))
     options = server.get("/pool").json()["options"]

@@ -64,14 +64,17 @@ def test_every_cell_after_the_setup_ends_with_an_assert(step):
         assert isinstance(last_statement, ast.Assert), cell.source
 
 
-# Step 8's notebook starts a PostgreSQL and a PgBouncer of its own, whatever
-# DATABASE_URL says: it runs once.
+# Each notebook runs on SQLite, the database a reader's notebook uses unless
+# DATABASE_URL says otherwise. Step 4's runs on PostgreSQL too, where its
+# fork table shows server processes; step 8's starts a PostgreSQL and a
+# PgBouncer of its own, whatever DATABASE_URL says, and runs once.
 NOTEBOOK_RUNS = [
     (step, backend)
     for step in STEPS
-    for backend in (
-        ["postgresql"] if step == "step08_pgbouncer" else ["sqlite", "postgresql"]
-    )
+    for backend in {
+        "step04_pooling": ["sqlite", "postgresql"],
+        "step08_pgbouncer": ["postgresql"],
+    }.get(step, ["sqlite"])
 ]
 
 

@@ -17,7 +17,7 @@ from .support import run_in_new_thread
 from .support import steps_from
 
 THREADS = 16
-REQUESTS_PER_THREAD = 100
+REQUESTS_PER_THREAD = 75
 STEPS_UNDER_LOAD = ["step01_engine", *steps_from("step03_teardown")]
 # On PostgreSQL every step goes under load; on SQLite, the steps that change
 # what its one write lock sees: step 1's connection per request, step 3's
