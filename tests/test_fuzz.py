@@ -33,9 +33,11 @@ CONTENT_TYPES = st.sampled_from(
 )
 
 
+# Examples per step and database: sixteen runs of each test, over the
+# same validation code, so each run can afford fewer.
 @pytest.mark.slow
 @settings(
-    max_examples=150,
+    max_examples=80,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
@@ -52,7 +54,7 @@ def test_no_request_gets_a_server_error(client, method, path, body, content_type
 
 @pytest.mark.slow
 @settings(
-    max_examples=100,
+    max_examples=50,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
