@@ -6,6 +6,7 @@ or os.fork()". The failing variant of each concept runs on step 3.
 """
 
 import gc
+import os
 import time
 import weakref
 
@@ -127,6 +128,45 @@ def test_a_forked_child_opens_its_own_connection(step, child_connects, make_app)
     # parent still holds: on a server, that is one socket for two processes.
     assert child["pool"]["connects"] == child_connects
     assert child["pool"]["connects_in_this_process"] == child_connects - 1
+
+
+@pytest.mark.parametrize(
+    ("step", "same_session"),
+    [("step03_teardown", True), *((step, False) for step in STEPS_WITH_POOLING)],
+)
+def test_a_child_forked_during_a_request_starts_a_session_of_its_own(
+    step, same_session, make_app
+):
+    app = make_app(step)
+    db = import_step(step).db
+    with app.test_request_context("/messages"):
+        # The request's Session holds a connection when the process forks,
+        # as a request that starts a multiprocessing worker does.
+        parent_session = db.get_session()
+        parent_session.connection()
+
+        def in_the_child():
+            session = db.get_session()
+            session.connection()
+            counter = app.extensions["connection_counter"]
+            return {
+                "same session": session is parent_session,
+                "connections opened here": counter.connects[os.getpid()],
+            }
+
+        child = in_forked_child(in_the_child)
+
+        # The parent's Session, and its transaction, go on as before.
+        assert db.get_session() is parent_session
+        assert parent_session.connection().closed is False
+
+    # Step 3's child carries on in the parent's Session, on the parent's
+    # connection; step 4's takes the inherited Session out of its registry,
+    # unclosed, and opens a connection of its own.
+    assert child == {
+        "same session": same_session,
+        "connections opened here": 0 if same_session else 1,
+    }
 
 
 def test_the_parent_keeps_its_connection_after_a_fork(client):
