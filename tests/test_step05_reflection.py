@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import MetaData
 from sqlalchemy import Table
 from sqlalchemy import create_engine
+from sqlalchemy import event
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.automap import automap_base
@@ -177,6 +178,22 @@ def test_creating_the_app_connects_to_map_the_models(step, opened_at_startup, ma
 
     # Before any request: reflection's connection, back in the pool.
     assert status["connects"] == status["checked_in"] == opened_at_startup
+
+
+def test_the_models_are_mapped_once_per_app_not_on_each_request(step, make_app):
+    app = make_app(step)
+    client = app.test_client()
+    assert client.get("/messages").status_code == 200
+    checkouts = []
+    event.listen(
+        app.extensions["engine"].pool, "checkout", lambda *args: checkouts.append(1)
+    )
+
+    for _ in range(5):
+        assert client.get("/messages").status_code == 200
+
+    # One checkout a request, for its query: none to reflect the tables again.
+    assert len(checkouts) == 5
 
 
 @pytest.mark.parametrize(("pool_owner", "opened_in_the_child"), [(True, 1), (False, 0)])

@@ -101,6 +101,45 @@ def test_every_write_lands_in_the_messages_database_and_its_entry_in_the_audit_o
     assert entries[0]["at"].endswith("+00:00")
 
 
+def statements_of_both_databases(app):
+    """Record each write statement sent to either database, in order."""
+    sent = []
+    for database in ("engine", "audit_engine"):
+
+        def note(
+            conn, cursor, statement, parameters, context, executemany, db=database
+        ):
+            if statement.split()[0] in ("INSERT", "UPDATE", "DELETE"):
+                sent.append((db, statement.split()[0]))
+
+        event.listen(app.extensions[database], "before_cursor_execute", note)
+    return sent
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "statement"),
+    [
+        ("post", "/messages", {"text": "new"}, "INSERT"),
+        ("patch", "/messages/1", {"text": "changed"}, "UPDATE"),
+        ("delete", "/messages/1", None, "DELETE"),
+    ],
+)
+def test_each_write_reaches_the_messages_database_before_its_audit_entry(
+    step, make_app, method, path, body, statement
+):
+    app = make_app(step)
+    client = app.test_client()
+    client.post("/messages", json={"text": "first"})
+    sent = statements_of_both_databases(app)
+
+    assert getattr(client, method)(path, json=body).status_code < 300
+
+    # Every request locks the two databases in one order, messages first:
+    # on SQLite, two requests locking them in opposite orders would each
+    # wait for the other until the busy timeout.
+    assert sent == [("engine", statement), ("audit_engine", "INSERT")]
+
+
 def test_step_5_has_one_database_and_no_audit_log(make_app):
     client = make_app("step05_reflection").test_client()
 

@@ -190,6 +190,18 @@ def test_behind_pooler_takes_true_or_false_and_nothing_else(value, monkeypatch):
         create_app()
 
 
+def test_behind_pooler_refuses_postgresql_through_another_driver():
+    # Its settings are psycopg's: psycopg2 has no prepare_threshold.
+    with pytest.raises(ValueError, match="not postgresql\\+psycopg2"):
+        create_app(
+            {
+                "DATABASE_URL": "postgresql+psycopg2://reader@127.0.0.1:9/messages",
+                "AUDIT_DATABASE_URL": "postgresql+psycopg2://reader@127.0.0.1:9/audit",
+                "BEHIND_POOLER": True,
+            }
+        )
+
+
 def test_behind_pooler_refuses_a_database_that_is_not_postgresql(tmp_path):
     with pytest.raises(ValueError, match="BEHIND_POOLER is for PostgreSQL"):
         create_app(
