@@ -4,6 +4,7 @@ import importlib
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -319,12 +320,28 @@ class LiveServer:
 
     def stop(self):
         """Stop the server and wait for it to exit."""
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, seconds=10)
+
+
+def stop_process(process, stop_signal=signal.SIGTERM, seconds=30):
+    """Send a process its stop signal and wait; kill it if it lingers."""
+    process.send_signal(stop_signal)
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def preloaded_environment(databases, pid_file, step="step04_pooling"):
+    """Return the environment of a server that preloads tests/preloaded_app.py:
+    the step, its databases, and where the master's server pid goes."""
+    return {
+        **os.environ,
+        **databases,
+        "PRELOAD_STEP": step,
+        "PRELOAD_BACKEND_PID_FILE": str(pid_file),
+    }
 
 
 def free_port():

@@ -28,6 +28,7 @@ from .support import ROOT
 from .support import free_port
 from .support import in_forked_child
 from .support import pool_status
+from .support import preloaded_environment
 from .support import send_from_threads
 from .support import wait_for_http
 
@@ -343,11 +344,7 @@ def test_gunicorn_preload_workers_open_their_own_connections(
             *("--bind", f"127.0.0.1:{port}", "tests.preloaded_app:app"),
         ],
         cwd=ROOT,
-        env={
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "PRELOAD_BACKEND_PID_FILE": str(pid_file),
-        },
+        env=preloaded_environment({"DATABASE_URL": database_url}, pid_file),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -27,7 +27,9 @@ from .pgbouncer import send_load
 from .support import ROOT
 from .support import free_port
 from .support import import_step
+from .support import preloaded_environment
 from .support import steps_from
+from .support import stop_process
 from .support import wait_for_http
 
 pytestmark = pytest.mark.slow
@@ -72,12 +74,7 @@ def serve_under_uwsgi(step, databases, pid_file):
             *("--module", "tests.preloaded_app:app"),
         ],
         cwd=ROOT,
-        env={
-            **os.environ,
-            **databases,
-            "PRELOAD_STEP": step,
-            "PRELOAD_BACKEND_PID_FILE": str(pid_file),
-        },
+        env=preloaded_environment(databases, pid_file, step),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -86,12 +83,7 @@ def serve_under_uwsgi(step, databases, pid_file):
 
 def stop_uwsgi(uwsgi):
     """Stop uWSGI: SIGINT ends the master and its workers (SIGTERM reloads)."""
-    uwsgi.send_signal(signal.SIGINT)
-    try:
-        uwsgi.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        uwsgi.kill()
-        uwsgi.wait()
+    stop_process(uwsgi, signal.SIGINT)
 
 
 # Step 3, the failing variant; step 4, whose concept this is; step 6, the

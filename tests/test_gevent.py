@@ -34,6 +34,7 @@ from .postgres import HOW_TO_GET_POSTGRES
 from .support import ROOT
 from .support import QueryWatcher
 from .support import free_port
+from .support import stop_process
 from .support import wait_for_http
 
 # Each configuration starts gunicorn and loads it for a few seconds.
@@ -152,12 +153,7 @@ def measure(server, database_url, options, log_path):
                 url + "/gevent/query", QUERY_SECONDS
             )
     finally:
-        gunicorn.terminate()
-        try:
-            gunicorn.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            gunicorn.kill()
-            gunicorn.wait()
+        stop_process(gunicorn)
     answered = len(query_answers) - len(errors_in(query_answers))
     return Measurement(
         wait=setup["wait"],

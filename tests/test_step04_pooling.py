@@ -169,6 +169,31 @@ def test_a_child_forked_during_a_request_starts_a_session_of_its_own(
     }
 
 
+@pytest.mark.parametrize(
+    ("step", "left_open"),
+    [("step03_teardown", False), *((step, True) for step in STEPS_WITH_POOLING)],
+)
+def test_a_childs_first_teardown_leaves_the_inherited_session_unclosed(
+    step, left_open, make_app
+):
+    app = make_app(step)
+    db = import_step(step).db
+    with app.test_request_context("/messages"):
+        parent_session = db.get_session()
+        parent_session.connection()
+
+        def tear_down_in_the_child():
+            # An app context of the child's own (a CLI command, a job) that
+            # uses no Session: only its teardown runs.
+            with app.app_context():
+                pass
+            return parent_session.in_transaction()
+
+        # Step 3's teardown closes the Session the thread inherited, and its
+        # rollback goes over the parent's socket; step 4's claims first.
+        assert in_forked_child(tear_down_in_the_child) is left_open
+
+
 def test_the_parent_keeps_its_connection_after_a_fork(client):
     assert client.get("/messages").status_code == 200
 
