@@ -32,13 +32,24 @@ POOL_DEFAULTS = {
 }
 
 
+def engine_options(app_options):
+    """Return the step's pool defaults with the app's ENGINE_OPTIONS over them."""
+    options = {**POOL_DEFAULTS, **app_options}
+    # None removes one of the step's defaults, leaving SQLAlchemy's: NullPool,
+    # for one, takes no pool_size, max_overflow or pool_timeout.
+    return {
+        name: value
+        for name, value in options.items()
+        if not (name in POOL_DEFAULTS and value is None)
+    }
+
+
 def init_app(app):
     """Give the app its engine and session registry, and register the CLI."""
     # One engine per app, created here and never per request: the engine
     # owns the connection pool, so requests borrow connections from it.
-    engine = create_engine(
-        app.config["DATABASE_URL"], **{**POOL_DEFAULTS, **app.config["ENGINE_OPTIONS"]}
-    )
+    options = engine_options(app.config["ENGINE_OPTIONS"])
+    engine = create_engine(app.config["DATABASE_URL"], **options)
     app.extensions["engine"] = engine
     # One Session per thread: each request handled on a thread uses the
     # Session that scoped_session keeps for that thread.

@@ -41,12 +41,24 @@ POOL_DEFAULTS = {
 }
 
 
+def engine_options(app_options):
+    """Return the step's pool defaults with the app's ENGINE_OPTIONS over them."""
+    options = {**POOL_DEFAULTS, **app_options}
+    # None removes one of the step's defaults, leaving SQLAlchemy's: NullPool,
+    # for one, takes no pool_size, max_overflow or pool_timeout.
+    return {
+        name: value
+        for name, value in options.items()
+        if not (name in POOL_DEFAULTS and value is None)
+    }
+
+
 def init_app(app):
     """Give the app its engines and session registry, and register the CLI."""
     # One engine per database and app, created here and never per request:
     # each engine owns its database's connection pool, with the same
     # settings, so requests borrow connections from both.
-    options = {**POOL_DEFAULTS, **app.config["ENGINE_OPTIONS"]}
+    options = engine_options(app.config["ENGINE_OPTIONS"])
     engine = create_engine(app.config["DATABASE_URL"], **options)
     audit_engine = create_engine(app.config["AUDIT_DATABASE_URL"], **options)
     app.extensions["engine"] = engine

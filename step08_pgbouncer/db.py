@@ -41,6 +41,19 @@ POOL_DEFAULTS = {
     "pool_timeout": 10,
 }
 
+
+def engine_options(app_options):
+    """Return the step's pool defaults with the app's ENGINE_OPTIONS over them."""
+    options = {**POOL_DEFAULTS, **app_options}
+    # None removes one of the step's defaults, leaving SQLAlchemy's: NullPool,
+    # for one, takes no pool_size, max_overflow or pool_timeout.
+    return {
+        name: value
+        for name, value in options.items()
+        if not (name in POOL_DEFAULTS and value is None)
+    }
+
+
 # Behind a pooler in transaction mode (PgBouncer), each transaction may run
 # on another server connection: BEHIND_POOLER puts these over the above.
 # The QueuePool stays: a pooled connection to PgBouncer costs the server
@@ -111,7 +124,7 @@ def init_app(app):
 
 def create_engine_for(url, config):
     """Create a database's engine with the step's settings and the app's."""
-    options = {**POOL_DEFAULTS}
+    app_options = config["ENGINE_OPTIONS"]
     if not isinstance(config["BEHIND_POOLER"], bool):
         # FLASK_BEHIND_POOLER=False is the string "False", which is true:
         # only JSON's true and false say what they mean.
@@ -125,17 +138,16 @@ def create_engine_for(url, config):
                 "BEHIND_POOLER is for PostgreSQL through psycopg"
                 f" (postgresql+psycopg://...), not {make_url(url).drivername}"
             )
-        options.update(BEHIND_POOLER_DEFAULTS)
-    app_options = config["ENGINE_OPTIONS"]
-    # The app's connect_args add to these rather than replace them.
-    connect_args = {
-        **options.get("connect_args", {}),
-        **app_options.get("connect_args", {}),
-    }
-    options.update(app_options)
-    if connect_args:
-        options["connect_args"] = connect_args
-    return create_engine(url, **options)
+        app_options = {
+            **BEHIND_POOLER_DEFAULTS,
+            **app_options,
+            # The app's connect_args add to these rather than replace them.
+            "connect_args": {
+                **BEHIND_POOLER_DEFAULTS["connect_args"],
+                **app_options.get("connect_args", {}),
+            },
+        }
+    return create_engine(url, **engine_options(app_options))
 
 
 def get_session():

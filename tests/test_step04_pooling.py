@@ -11,6 +11,7 @@ import time
 import weakref
 
 import pytest
+from sqlalchemy.pool import NullPool
 
 from .support import drop_next_returned_connection
 from .support import import_step
@@ -49,6 +50,32 @@ def test_engine_options_override_one_default_and_keep_the_others(step, make_app)
     assert pool_status(client)["size"] == 2
     # pre-ping is still on: the dropped connection goes unnoticed.
     assert client.get("/messages").status_code == 200
+
+
+def test_engine_options_set_to_none_remove_defaults_for_another_pool_class(
+    step, make_app
+):
+    # NullPool takes no pool_size, max_overflow or pool_timeout: without a
+    # way to remove them, create_engine() refuses the step's defaults.
+    app = make_app(
+        step,
+        engine_options={
+            "poolclass": NullPool,
+            "pool_size": None,
+            "max_overflow": None,
+            "pool_timeout": None,
+        },
+    )
+    client = app.test_client()
+    assert client.get("/messages").status_code == 200
+    assert client.get("/messages").status_code == 200
+
+    status = pool_status(client)
+    # A connection opened per checkout; the other defaults still apply.
+    assert status["connects"] == 2
+    assert status["options"]["pool_class"] == "NullPool"
+    assert status["options"]["pool_pre_ping"] is True
+    assert status["options"]["pool_recycle"] == 1800
 
 
 def test_pre_ping_replaces_a_dropped_idle_connection_unnoticed(client):
