@@ -14,6 +14,8 @@ def init_app(app):
     # owns the connection pool, so requests borrow connections from it.
     engine = create_engine(app.config["DATABASE_URL"], **app.config["ENGINE_OPTIONS"])
     app.extensions["engine"] = engine
+    # The app's engines by database, for the pool panel: one until step 6.
+    app.extensions["engines"] = {"messages": engine}
     app.cli.add_command(init_db_command)
 
 

@@ -51,6 +51,8 @@ def init_app(app):
     options = engine_options(app.config["ENGINE_OPTIONS"])
     engine = create_engine(app.config["DATABASE_URL"], **options)
     app.extensions["engine"] = engine
+    # The app's engines by database, for the pool panel: one until step 6.
+    app.extensions["engines"] = {"messages": engine}
     # One Session per thread: each request handled on a thread uses the
     # Session that scoped_session keeps for that thread.
     app.extensions["session"] = scoped_session(sessionmaker(bind=engine))

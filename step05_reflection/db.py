@@ -59,6 +59,8 @@ def init_app(app):
     options = engine_options(app.config["ENGINE_OPTIONS"])
     engine = create_engine(app.config["DATABASE_URL"], **options)
     app.extensions["engine"] = engine
+    # The app's engines by database, for the pool panel: one until step 6.
+    app.extensions["engines"] = {"messages": engine}
     # Map the models from the tables as the database has them now. This
     # connects as the app is created: under gunicorn --preload, in the
     # master before it forks, which the PoolOwner below makes safe.
