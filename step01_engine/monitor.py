@@ -1,4 +1,4 @@
-"""What ``/pool`` reports: the pool's counts, its settings, and who uses it."""
+"""What ``/pool`` reports: each pool's counts, its settings, and who uses it."""
 
 import os
 import threading
@@ -9,8 +9,11 @@ from sqlalchemy import event
 
 
 def init_app(app):
-    """Count the connections the app's engine opens and the requests it serves."""
-    app.extensions["connection_counter"] = ConnectionCounter(app.extensions["engine"])
+    """Count the connections each of the app's engines opens, and its requests."""
+    app.extensions["connection_counters"] = {
+        name: ConnectionCounter(engine)
+        for name, engine in app.extensions["engines"].items()
+    }
     app.extensions["request_counter"] = RequestCounter(app)
 
 
@@ -58,10 +61,26 @@ class RequestCounter:
 
 
 def pool_status():
-    """Return the state of the current app's pool, as ``/pool`` shows it."""
-    engine = current_app.extensions["engine"]
+    """Return the state of the current app's pools, as ``/pool`` shows it.
+
+    The first engine's pool is at the top level; every other engine's (step
+    6's audit database) is under its name, with the same keys.
+    """
+    extensions = current_app.extensions
+    first, *others = extensions["engines"]
+    return {
+        **engine_status(first),
+        "requests_running": extensions["request_counter"].running,
+        "pid": os.getpid(),
+        **{name: engine_status(name) for name in others},
+    }
+
+
+def engine_status(name):
+    """Return the state of one of the current app's engines' pool."""
+    engine = current_app.extensions["engines"][name]
+    connects = current_app.extensions["connection_counters"][name].connects
     pool = engine.pool
-    connects = current_app.extensions["connection_counter"].connects
     return {
         "pool_class": type(pool).__name__,
         "size": _count(pool, "size"),
@@ -70,8 +89,6 @@ def pool_status():
         "overflow": _count(pool, "overflow"),
         "connects": sum(connects.values()),
         "connects_in_this_process": connects[os.getpid()],
-        "requests_running": current_app.extensions["request_counter"].running,
-        "pid": os.getpid(),
         "url": engine.url.render_as_string(hide_password=True),
         "options": pool_options(pool),
     }

@@ -1,4 +1,4 @@
-"""The app for a WSGI server: ``gunicorn --preload step04_pooling.wsgi:app``."""
+"""The app for a WSGI server: ``gunicorn --preload <step package>.wsgi:app``."""
 
 from sqlalchemy import text
 

@@ -1,4 +1,4 @@
-"""The app for a WSGI server: ``gunicorn --preload step05_reflection.wsgi:app``."""
+"""The app for a WSGI server: ``gunicorn --preload <step package>.wsgi:app``."""
 
 from sqlalchemy import text
 

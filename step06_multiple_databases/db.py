@@ -15,6 +15,7 @@ from sqlalchemy.orm import sessionmaker
 from .models import SchemaMissing
 from .models import declare_models
 from .models import map_models
+from .web import unavailable
 
 # The schema belongs to the databases: init-db applies these files, standing
 # in for the team's own schema tool, a folder per database and a file per
@@ -95,6 +96,8 @@ def init_app(app):
     # Without this, the thread's Session would keep its transaction open
     # and its connection checked out after the request.
     app.teardown_appcontext(remove_session)
+    # Until init-db has run, requests answer 503 and say how to run it.
+    app.register_error_handler(SchemaMissing, schema_missing)
     app.cli.add_command(init_db_command)
 
 
@@ -177,6 +180,13 @@ def remove_session(exception=None):
         # that the thread's next request starts afresh.
         current_app.logger.warning("teardown failed", exc_info=error)
         sessions.registry.clear()
+
+
+def schema_missing(error):
+    """Answer 503 until the database has the tables the app maps."""
+    return unavailable(
+        f"{error}: create it with flask --app {current_app.import_name} init-db"
+    )
 
 
 @click.command("init-db")

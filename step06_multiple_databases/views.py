@@ -1,45 +1,15 @@
-"""The page, the JSON API and its errors."""
+"""The routes that use the database: the page's messages and the JSON API."""
 
-import pathlib
-
-from flask import Blueprint
-from flask import abort
-from flask import current_app
-from flask import render_template
-from flask import request
 from flask import url_for
 from sqlalchemy import delete
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm.exc import StaleDataError
-from werkzeug.exceptions import HTTPException
 
 from . import db
-from . import monitor
-from .models import MAX_TEXT_LENGTH
-from .models import SchemaMissing
-
-bp = Blueprint("messages", __name__)
-
-MESSAGE_ID = "<int:message_id>"
-# The largest id an INTEGER column holds on every database.
-MAX_MESSAGE_ID = 2**31 - 1
-# Every step package beside this one, for the page's navigation: found on
-# disk once, rather than imported, since no step depends on another.
-ALL_STEPS = sorted(
-    path.name
-    for path in pathlib.Path(__file__).resolve().parent.parent.glob("step[0-9][0-9]_*")
-    if (path / "__init__.py").is_file()
-)
-
-
-@bp.url_value_preprocessor
-def refuse_impossible_ids(endpoint, values):
-    """Answer 404 for an id larger than any message id can be."""
-    # Without this, the driver would raise on the number (SQLite: "Python
-    # int too large to convert") instead of simply finding no message.
-    if values and values["message_id"] > MAX_MESSAGE_ID:
-        abort(404, f"message {values['message_id']} not found")
+from .web import MESSAGE_ID
+from .web import bp
+from .web import message_not_found
+from .web import read_text
+from .web import render_page
 
 
 @bp.get("/")
@@ -48,24 +18,6 @@ def index():
     Message = db.get_models().Message
     messages = db.get_session().scalars(select(Message).order_by(Message.id))
     return render_page(messages, columns=Message.__table__.columns.keys())
-
-
-def render_page(messages, columns=(), database_error=None):
-    """Render the page: the messages, the form, the pool panel, the steps."""
-    return render_template(
-        "index.html",
-        messages=messages,
-        columns=columns,
-        database_error=database_error,
-        steps=ALL_STEPS,
-        this_step=__package__,
-    )
-
-
-@bp.get("/pool")
-def pool():
-    """Show what the app's connection pool holds right now."""
-    return monitor.pool_status()
 
 
 @bp.get("/messages")
@@ -119,7 +71,7 @@ def delete_message(message_id):
     # One statement, so a message deleted meanwhile is simply not found.
     deleted = session.execute(delete(Message).where(Message.id == message_id))
     if deleted.rowcount == 0:
-        abort(404, f"message {message_id} not found")
+        message_not_found(message_id)
     record(session, "delete", message_id)
     session.commit()
     return "", 204
@@ -148,86 +100,5 @@ def find_message(message_id):
     """Return the message with this id, or abort with 404."""
     message = db.get_session().get(db.get_models().Message, message_id)
     if message is None:
-        abort(404, f"message {message_id} not found")
+        message_not_found(message_id)
     return message
-
-
-def read_text():
-    """Return the valid ``text`` of the request's JSON body, or abort with 400."""
-    if not request.is_json:
-        abort(415, "send a JSON body with Content-Type: application/json")
-    try:
-        body = request.get_json(silent=True)
-    except RecursionError:
-        # json.loads gives up on very deeply nested arrays this way.
-        body = None
-    if not isinstance(body, dict) or body.keys() != {"text"}:
-        abort(400, 'the body must be a JSON object with one key, "text"')
-    text = body["text"]
-    if not isinstance(text, str) or not 1 <= len(text) <= MAX_TEXT_LENGTH:
-        abort(400, f'"text" must be a string of 1 to {MAX_TEXT_LENGTH} characters')
-    if "\x00" in text:
-        # PostgreSQL cannot store NUL in a text column.
-        abort(400, '"text" must not contain NUL characters')
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        # JSON can carry lone surrogates ("\ud800") that no database stores.
-        abort(400, '"text" must be valid Unicode, without lone surrogates')
-    return text
-
-
-@bp.app_errorhandler(HTTPException)
-def http_error(error):
-    """Answer every HTTP error as JSON ``{"error": ...}``."""
-    return {"error": error.description}, error.code
-
-
-@bp.app_errorhandler(StaleDataError)
-def deleted_meanwhile(error):
-    """Answer 404 when another request deleted the message being updated."""
-    # The row was there when this request read it, and gone when it wrote.
-    return {"error": "the message was deleted by another request"}, 404
-
-
-@bp.app_errorhandler(SQLAlchemyError)
-def database_unavailable(error):
-    """Answer 503 when the database cannot serve the request, and log why."""
-    # A lost or refused connection, no pooled connection free within
-    # pool_timeout, a failed transaction that nothing rolled back yet, or a
-    # result that is not the query's (one connection shared across a fork):
-    # the request may succeed if tried again, so 503, not 500.
-    current_app.logger.warning("database unavailable", exc_info=error)
-    reason = str(error).partition("\n")[0]
-    return unavailable(f"database unavailable ({type(error).__name__}): {reason}")
-
-
-@bp.app_errorhandler(SchemaMissing)
-def schema_missing(error):
-    """Answer 503 until the database has the tables the app maps."""
-    return unavailable(
-        f"{error}: create it with flask --app {current_app.import_name} init-db"
-    )
-
-
-@bp.app_errorhandler(Exception)
-def unexpected_error(error):
-    """Answer 503 for an error that no handler above expects, and log it."""
-    if current_app.testing or current_app.debug:
-        # Tests and the debugger see the error itself, as Flask shows them
-        # any error that no handler takes.
-        raise error
-    # A connection that another process reads too hands this one another
-    # query's rows, and the code that reads them fails in any way at all
-    # (IndexError, TypeError, NotImplementedError). The log gets the
-    # traceback; the client, that trying again may succeed.
-    current_app.logger.error("request failed", exc_info=error)
-    return unavailable(f"request failed ({type(error).__name__}): try again")
-
-
-def unavailable(message):
-    """Answer 503 with a message: the page for the page, JSON otherwise."""
-    if request.endpoint == "messages.index":
-        # The page, not JSON: its pool panel goes on showing what happens.
-        return render_page([], database_error=message), 503
-    return {"error": message}, 503

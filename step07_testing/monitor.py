@@ -1,4 +1,4 @@
-"""What ``/pool`` reports: the pools' counts, their settings, and who uses them."""
+"""What ``/pool`` reports: each pool's counts, its settings, and who uses it."""
 
 import os
 import threading
@@ -9,11 +9,11 @@ from sqlalchemy import event
 
 
 def init_app(app):
-    """Count the connections the app's engines open and the requests it serves."""
-    app.extensions["connection_counter"] = ConnectionCounter(app.extensions["engine"])
-    app.extensions["audit_connection_counter"] = ConnectionCounter(
-        app.extensions["audit_engine"]
-    )
+    """Count the connections each of the app's engines opens, and its requests."""
+    app.extensions["connection_counters"] = {
+        name: ConnectionCounter(engine)
+        for name, engine in app.extensions["engines"].items()
+    }
     app.extensions["request_counter"] = RequestCounter(app)
 
 
@@ -61,23 +61,26 @@ class RequestCounter:
 
 
 def pool_status():
-    """Return the state of the current app's pools, as ``/pool`` shows it."""
+    """Return the state of the current app's pools, as ``/pool`` shows it.
+
+    The first engine's pool is at the top level; every other engine's (step
+    6's audit database) is under its name, with the same keys.
+    """
     extensions = current_app.extensions
+    first, *others = extensions["engines"]
     return {
-        **engine_status(extensions["engine"], extensions["connection_counter"]),
+        **engine_status(first),
         "requests_running": extensions["request_counter"].running,
         "pid": os.getpid(),
-        # The audit database's pool, under the same names as the main one's.
-        "audit": engine_status(
-            extensions["audit_engine"], extensions["audit_connection_counter"]
-        ),
+        **{name: engine_status(name) for name in others},
     }
 
 
-def engine_status(engine, connection_counter):
-    """Return the state of one engine's pool."""
+def engine_status(name):
+    """Return the state of one of the current app's engines' pool."""
+    engine = current_app.extensions["engines"][name]
+    connects = current_app.extensions["connection_counters"][name].connects
     pool = engine.pool
-    connects = connection_counter.connects
     return {
         "pool_class": type(pool).__name__,
         "size": _count(pool, "size"),

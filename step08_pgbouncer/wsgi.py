@@ -1,7 +1,4 @@
-"""The app for a WSGI server.
-
-gunicorn --preload step08_pgbouncer.wsgi:app
-"""
+"""The app for a WSGI server: ``gunicorn --preload <step package>.wsgi:app``."""
 
 from sqlalchemy import text
 

@@ -253,5 +253,7 @@ def test_step_6s_page_shows_the_audit_pool_as_pool_reports_it(serve, page):
     audit = server.get("/pool").json()["audit"]
     assert audit["connects"] == 1
     for key in ("checked_out", "checked_in", "connects", "url"):
-        expect(page.locator(f'[data-audit-pool="{key}"]')).to_have_text(str(audit[key]))
+        expect(page.locator(f'#audit-pool [data-engine-pool="{key}"]')).to_have_text(
+            str(audit[key])
+        )
     assert [entry["text"] for entry in server.get("/audit").json()] == ["audited"]

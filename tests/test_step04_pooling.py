@@ -175,7 +175,7 @@ def test_a_child_forked_during_a_request_starts_a_session_of_its_own(
         def in_the_child():
             session = db.get_session()
             session.connection()
-            counter = app.extensions["connection_counter"]
+            counter = app.extensions["connection_counters"]["messages"]
             return {
                 "same session": session is parent_session,
                 "connections opened here": counter.connects[os.getpid()],

@@ -26,8 +26,10 @@ async function refreshPool() {
   for (const cell of document.querySelectorAll("[data-pool]")) {
     cell.textContent = status[cell.dataset.pool];
   }
-  for (const cell of document.querySelectorAll("[data-audit-pool]")) {
-    cell.textContent = status.audit[cell.dataset.auditPool];
+  // Every other engine's pool, under its name in /pool (step 6's audit).
+  for (const cell of document.querySelectorAll("[data-engine-pool]")) {
+    const engine = cell.closest("[data-engine]").dataset.engine;
+    cell.textContent = status[engine][cell.dataset.enginePool];
   }
   for (const cell of document.querySelectorAll("[data-option]")) {
     cell.textContent = status.options[cell.dataset.option];

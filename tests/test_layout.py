@@ -1,0 +1,127 @@
+"""Each step is its concept: what carries no concept is the same in every step.
+
+A step package holds two kinds of files. The shared ones (the page's
+layout, the pool panel, the blueprint with the API's validation and errors,
+the WSGI entry point) are byte-identical in every step. The concept files are
+what the step changes: its database code, its models, the routes that use
+them, and the template that holds its title, concept and next step.
+"""
+
+import difflib
+
+import pytest
+
+from .support import ROOT
+from .support import STEPS
+
+SHARED_FILES = [
+    "web.py",
+    "monitor.py",
+    "wsgi.py",
+    "templates/layout.html",
+    "static/panel.js",
+    "static/page.css",
+]
+
+# What a step changes, and where. __init__.py holds the step's docstring and
+# the configuration keys it adds.
+CONCEPT_FILES = [
+    "__init__.py",
+    "db.py",
+    "models.py",
+    "views.py",
+    "templates/index.html",
+]
+CONCEPT_FILES_FROM = {"testing.py": "step07_testing"}
+CONCEPT_FOLDERS = ["schema", "example_tests"]
+
+# The files whose changes the neighbours' diff leaves out: the concept's
+# own code, which may take any number of lines.
+UNCOUNTED = {"db.py", "models.py", "testing.py"}
+UNCOUNTED_FOLDERS = {"schema", "example_tests"}
+
+# Most steps change a handler or two and the page's text; a step that moves
+# the handlers to another API (step 2: Core to the ORM; step 6: a second
+# database; step 10: the helpers) changes more of them.
+MOST_CHANGED_LINES = 40
+MOST_CHANGED_LINES_WHEN_THE_HANDLERS_CHANGE = 80
+STEPS_THAT_CHANGE_THE_HANDLERS = {
+    "step02_session",
+    "step06_multiple_databases",
+    "step10_helpers",
+}
+
+
+def files_of(step):
+    """Return the step's files, as paths relative to its package."""
+    package = ROOT / step
+    return sorted(
+        path.relative_to(package).as_posix()
+        for path in package.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    )
+
+
+def changed_lines(before, after):
+    """Count the lines ``diff -ruN before after`` marks with + or -, outside
+    the concept's own code."""
+    names = set(files_of(before)) | set(files_of(after))
+    counted = 0
+    for name in sorted(names):
+        if name.rpartition("/")[2] in UNCOUNTED or name.split("/")[0] in (
+            UNCOUNTED_FOLDERS
+        ):
+            continue
+        old, new = (ROOT / before / name, ROOT / after / name)
+        diff = difflib.unified_diff(
+            old.read_text().splitlines() if old.is_file() else [],
+            new.read_text().splitlines() if new.is_file() else [],
+            lineterm="",
+        )
+        counted += sum(
+            1
+            for line in diff
+            if line[:1] in "+-" and not line.startswith(("+++", "---"))
+        )
+    return counted
+
+
+@pytest.mark.parametrize("name", SHARED_FILES)
+def test_each_shared_file_is_byte_identical_in_every_step(name):
+    first = (ROOT / STEPS[0] / name).read_bytes()
+
+    drifted = [step for step in STEPS if (ROOT / step / name).read_bytes() != first]
+
+    assert drifted == [], f"{name} differs from {STEPS[0]}'s"
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_every_file_of_a_step_is_shared_or_its_concept(step):
+    concept = set(CONCEPT_FILES) | {
+        name for name, first in CONCEPT_FILES_FROM.items() if step >= first
+    }
+
+    unaccounted = [
+        name
+        for name in files_of(step)
+        if name not in SHARED_FILES
+        and name not in concept
+        and name.split("/")[0] not in CONCEPT_FOLDERS
+    ]
+
+    assert unaccounted == []
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    list(zip(STEPS, STEPS[1:], strict=False)),
+    ids=[f"{before}->{after}" for before, after in zip(STEPS, STEPS[1:], strict=False)],
+)
+def test_neighbouring_steps_differ_in_little_but_their_concept(before, after):
+    most = (
+        MOST_CHANGED_LINES_WHEN_THE_HANDLERS_CHANGE
+        if after in STEPS_THAT_CHANGE_THE_HANDLERS
+        else MOST_CHANGED_LINES
+    )
+
+    assert changed_lines(before, after) <= most
