@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 
 from .support import ROOT
 from .support import STEPS
+from .support import STEPS_WITH_TWO_DATABASES
 from .support import connections_opened_at_startup
 from .support import delete_elsewhere_before
 from .support import import_step
@@ -452,13 +453,27 @@ def test_the_page_shows_the_step_its_messages_a_form_and_the_pool_panel(step, cl
         assert "fetch(poolUrl" in script.get_data(as_text=True)
 
 
+def test_the_panel_shows_every_engine_after_the_first_under_its_name(step, client):
+    page = client.get("/").get_data(as_text=True)
+    status = pool_status(client)
+
+    # One engine until step 6, then the audit database's too: the same page
+    # shows as many as the step has, each under its key in /pool.
+    others = list(client.application.extensions["engines"])[1:]
+    assert re.findall(r'<dl id="(\w+)-pool" data-engine="\1">', page) == others
+    assert others == (["audit"] if step in STEPS_WITH_TWO_DATABASES else [])
+    for name in others:
+        assert status[name]["url"].startswith(("sqlite", "postgresql"))
+
+
 def test_each_number_on_the_panel_says_what_it_means(client):
     page = client.get("/").get_data(as_text=True)
 
-    for key in re.findall(r'data-(?:pool|option)="(\w+)"', page):
+    for key in re.findall(r'data-(?:pool|option|engine-pool)="(\w+)"', page):
         # Each value is followed by its one-line legend.
         assert re.search(
-            rf'data-(?:pool|option)="{key}">…</dd>\s*<dd class="legend">\w', page
+            rf'data-(?:pool|option|engine-pool)="{key}">…</dd>\s*<dd class="legend">\w',
+            page,
         ), key
     assert "−4 means one open" in page
 
