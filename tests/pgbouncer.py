@@ -39,6 +39,7 @@ from .postgres import unprivileged_user
 from .support import ROOT
 from .support import QueryWatcher
 from .support import free_port
+from .support import in_threads
 from .support import wait_for_http
 
 HOW_TO_GET_PGBOUNCER = (
@@ -317,9 +318,9 @@ def send_load(urls, clients, requests_each, path="/messages", stop=None, timeout
     answers = []
     lock = threading.Lock()
 
-    def client(number):
+    def client(number, stopped):
         for count in range(requests_each):
-            if stop is not None and stop.is_set():
+            if stopped.is_set() or (stop is not None and stop.is_set()):
                 return
             url = urls[(number + count) % len(urls)] + path
             sent = time.monotonic()
@@ -340,11 +341,7 @@ def send_load(urls, clients, requests_each, path="/messages", stop=None, timeout
             with lock:
                 answers.append(answer)
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    in_threads(client, clients)
     return answers
 
 

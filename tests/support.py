@@ -151,13 +151,16 @@ def send_from_threads(app, threads, requests, path="/messages"):
     """Send GET requests from long-lived threads, as a pooled server would.
 
     Each thread sends up to ``requests`` requests and stops at its first
-    failure. Return each thread's responses: (status, error) pairs.
+    failure; an exception in any thread stops them all (in_threads). Return
+    each thread's responses: (status, error) pairs.
     """
-    outcomes = [[] for _ in range(threads)]
 
-    def work(outcome):
+    def work(number, stop):
+        outcome = []
         client = app.test_client()
         for _ in range(requests):
+            if stop.is_set():
+                break
             response = client.get(path)
             outcome.append(
                 (
@@ -169,13 +172,46 @@ def send_from_threads(app, threads, requests, path="/messages"):
             )
             if response.status_code != 200:
                 break
+        return outcome
 
-    workers = [threading.Thread(target=work, args=(outcome,)) for outcome in outcomes]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    return outcomes
+    return in_threads(work, threads)
+
+
+def in_threads(work, threads):
+    """Run ``work(number, stop)`` in this many threads at once; return what
+    each returned.
+
+    ``stop`` is an Event for ``work`` to check between requests. The first
+    exception in a thread sets it, and so does one in this thread as it
+    waits (a test's timeout): the other threads end after their current
+    request, rather than run on and keep the run from ending. Every thread
+    is joined before this returns; then a thread's exception is raised here.
+    """
+    stop = threading.Event()
+    results = [None] * threads
+    errors = []
+
+    def run(number):
+        try:
+            results[number] = work(number, stop)
+        except BaseException as error:
+            errors.append(error)
+            stop.set()
+
+    workers = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    finally:
+        stop.set()
+        for worker in workers:
+            if worker.ident is not None:
+                worker.join()
+    if errors:
+        raise errors[0]
+    return results
 
 
 def read_from_snapshots(engine):

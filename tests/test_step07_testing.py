@@ -21,6 +21,7 @@ from sqlalchemy.pool import NullPool
 
 from .support import ROOT
 from .support import import_step
+from .support import message_class
 from .support import pool_status
 from .support import run_in_new_thread
 from .support import steps_from
@@ -257,6 +258,73 @@ def test_another_thread_is_refused_with_a_clear_error(step, make_app, isolated):
         # The test's own thread goes on as before.
         assert len(client.get("/messages").get_json()) == 1
 
+    assert committed(app) == NOTHING
+
+
+def test_once_the_block_is_over_other_threads_write_and_read_as_before(
+    step, make_app, isolated
+):
+    app = make_app(step)
+    registry = app.extensions["session"]
+    configured = dict(registry.session_factory.kw)
+    client = app.test_client()
+    client.post("/messages", json={"text": "before"})
+
+    with isolated(app):
+        client.post("/messages", json={"text": "rolled back"})
+
+    def write_and_read():
+        created = client.post("/messages", json={"text": "after"})
+        return created.status_code, client.get("/messages").get_json()
+
+    # Not refused as inside the block: the thread commits, and reads what
+    # is committed.
+    status, messages = run_in_new_thread(write_and_read)
+    assert status == 201
+    assert [message["text"] for message in messages] == ["before", "after"]
+    assert committed(app) == {
+        "messages": ["before", "after"],
+        "audit": ["create", "create"],
+    }
+    # The registry makes its Sessions as before: on the engines, without
+    # savepoints.
+    assert registry.session_factory.kw == configured
+
+
+def texts_through(session):
+    """Return the texts of the messages a Session sees."""
+    return list(session.scalars(text("SELECT text FROM messages ORDER BY id")))
+
+
+def test_a_session_made_before_the_block_carries_none_of_its_writes_past_it(
+    step, make_app, isolated
+):
+    app = make_app(step)
+    registry = app.extensions["session"]
+    Message = message_class(app)
+    # The thread's Session, made before the block and in a transaction on
+    # a connection of the engine's: the block must not write through it.
+    made_before = registry()
+    assert texts_through(made_before) == []
+
+    with isolated(app):
+        app.test_client().post("/messages", json={"text": "through the API"})
+        inside = registry()
+        inside.add(Message(text="through the thread's Session"))
+        inside.commit()
+        assert texts_through(inside) == [
+            "through the API",
+            "through the thread's Session",
+        ]
+
+    # The thread's registry starts afresh, and nothing the block wrote is
+    # there, through the Session from before the block or a new one.
+    after = registry()
+    assert after is not inside
+    assert texts_through(after) == []
+    assert texts_through(made_before) == []
+    registry.remove()
+    made_before.close()
     assert committed(app) == NOTHING
 
 

@@ -5,15 +5,22 @@ Step 2 sits out the load test: without teardown, 16 long-lived threads keep
 lesson (tests/test_step02_session.py).
 """
 
+import itertools
+import os
 import random
+import signal
 import sqlite3
 import threading
+import time
 
+import flask
 import pytest
 
 from .support import STEPS
+from .support import in_threads
 from .support import pool_status
 from .support import run_in_new_thread
+from .support import send_from_threads
 from .support import steps_from
 
 THREADS = 16
@@ -50,18 +57,21 @@ BAD_REQUESTS = [
 ]
 
 
-def mixed_load(app, seed):
-    """Send creates, reads, updates, deletes and bad requests from one thread.
+def mixed_load(app, seed, stop):
+    """Send creates, reads, updates, deletes and bad requests from one thread,
+    until ``stop`` is set.
 
     Return what this thread changed: the messages it created and still
     holds, with the text each has now, the creates and deletes that
-    succeeded, and every status it got.
+    succeeded, and every status it got. Fail at the first 5xx.
     """
     rng = random.Random(seed)
     client = app.test_client()
     mine = {}
     counts = {"created": 0, "deleted": 0, "statuses": []}
     for number in range(REQUESTS_PER_THREAD):
+        if stop.is_set():
+            break
         choice = rng.random()
         if choice < 0.3 or not mine:
             text = f"thread {seed}, message {number}"
@@ -87,6 +97,9 @@ def mixed_load(app, seed):
             method, path, arguments = rng.choice(BAD_REQUESTS)
             response = getattr(client, method)(path, **arguments)
             assert 400 <= response.status_code < 500, response.get_data(as_text=True)
+        # The first failure ends the load (in_threads stops every thread)
+        # and names itself, "database is locked" for one.
+        assert response.status_code < 500, response.get_data(as_text=True)
         counts["statuses"].append(response.status_code)
     return mine, counts
 
@@ -103,20 +116,14 @@ def test_mixed_concurrent_load_loses_nothing_and_answers_no_5xx(
     # nothing lost, nothing doubled, no 5xx.
     sqlite_waits = {"connect_args": {"timeout": 30}} if backend == "sqlite" else {}
     app = make_app(step, engine_options=sqlite_waits)
-    outcomes = [None] * THREADS
 
-    def work(number):
-        outcomes[number] = mixed_load(app, seed=number)
-
-    workers = [threading.Thread(target=work, args=(n,)) for n in range(THREADS)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    outcomes = in_threads(
+        lambda number, stop: mixed_load(app, seed=number, stop=stop), THREADS
+    )
 
     statuses = [status for _, counts in outcomes for status in counts["statuses"]]
+    # Every request answered, none with a 5xx (mixed_load fails at one).
     assert len(statuses) == THREADS * REQUESTS_PER_THREAD
-    assert [status for status in statuses if status >= 500] == []
     expected = {}
     for mine, _ in outcomes:
         expected.update(mine)
@@ -168,3 +175,70 @@ def test_a_write_lock_held_past_the_busy_timeout_answers_503_not_500(
     # leaves the failed Session to this one).
     after = run_in_new_thread(lambda: client.post("/messages", json={"text": "after"}))
     assert after.status_code == 201
+
+
+# The load's own safety: a load that fails ends, rather than run on.
+
+
+def app_that_takes_a_moment(fail_at=None):
+    """Return a bare app whose GET /messages takes 10 ms, and whose request
+    number ``fail_at`` raises, as a bug in a view does under TESTING."""
+    app = flask.Flask(__name__)
+    app.testing = True
+    served = itertools.count()
+
+    @app.get("/messages")
+    def messages():
+        if next(served) == fail_at:
+            raise RuntimeError(f"request {fail_at} fails")
+        time.sleep(0.01)
+        return []
+
+    return app
+
+
+def threads_started_since(before):
+    """Return the threads alive now that were not among ``before``."""
+    return [thread for thread in threading.enumerate() if thread not in before]
+
+
+def test_a_load_ends_at_its_first_exception_and_raises_it_with_no_thread_left():
+    app = app_that_takes_a_moment(fail_at=0)
+    before = threading.enumerate()
+    started = time.monotonic()
+
+    # Sixteen threads of 500 requests: seconds of load, were they to run on.
+    with pytest.raises(RuntimeError, match="request 0 fails"):
+        send_from_threads(app, threads=16, requests=500)
+
+    assert time.monotonic() - started < 5
+    assert threads_started_since(before) == []
+
+
+class Interrupted(Exception):
+    """What a test's timeout raises in the main thread."""
+
+
+def test_a_load_interrupted_by_a_timeout_ends_its_threads_before_it_fails():
+    app = app_that_takes_a_moment()
+    before = threading.enumerate()
+
+    def interrupt(signum, frame):
+        raise Interrupted
+
+    # As pytest-timeout does: a signal whose handler raises in the main
+    # thread, here half a second into the load.
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGUSR1))
+    started = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(Interrupted):
+            send_from_threads(app, threads=16, requests=500)
+    finally:
+        timer.cancel()
+        timer.join()
+        signal.signal(signal.SIGUSR1, previous)
+
+    assert time.monotonic() - started < 5
+    assert threads_started_since(before) == []
