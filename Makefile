@@ -39,9 +39,9 @@ SERVE_STEP = $(BIN)/flask --app $(STEP) init-db && $(BIN)/flask --app $(STEP) ru
 
 run: $(INSTALLED)
 ifeq ($(DB),postgresql)
-	$(BIN)/python -m tests.postgres sh -c '$(SERVE_STEP)'
+	$(BIN)/python -m testbed.postgres sh -c '$(SERVE_STEP)'
 else ifeq ($(DB),pgbouncer)
-	$(BIN)/python -m tests.pgbouncer sh -c '$(SERVE_STEP)'
+	$(BIN)/python -m testbed.pgbouncer sh -c '$(SERVE_STEP)'
 else ifeq ($(DB),sqlite)
 	$(SERVE_STEP)
 else
@@ -74,7 +74,7 @@ bench: $(INSTALLED)
 
 # The README's screenshots: pages in headless Chromium, after a burst.
 screenshots: $(INSTALLED)
-	$(BIN)/python -m tests.screenshots docs/screenshots
+	$(BIN)/python -m testbed.screenshots docs/screenshots
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache .ruff_cache .hypothesis

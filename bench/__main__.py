@@ -10,11 +10,11 @@ from importlib import metadata
 
 import sqlalchemy
 
-from tests.pgbouncer import HOW_TO_GET_PGBOUNCER
-from tests.pgbouncer import find_pgbouncer
-from tests.postgres import Cluster
-from tests.postgres import find_binaries
-from tests.support import free_port
+from testbed.loopback import free_port
+from testbed.pgbouncer import HOW_TO_GET_PGBOUNCER
+from testbed.pgbouncer import find_pgbouncer
+from testbed.postgres import Cluster
+from testbed.postgres import find_binaries
 
 from . import per_test
 from . import report
@@ -91,7 +91,6 @@ def measure(backend, url, arguments):
             CONCURRENCIES,
             arguments.seconds,
             arguments.requests_under_load,
-            free_port(),
             arguments.workers,
             arguments.threads,
         )

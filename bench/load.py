@@ -5,17 +5,15 @@ import os
 import pathlib
 import shutil
 import subprocess
-import sys
 
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from step04_pooling.db import POOL_DEFAULTS
-from tests.support import QueryWatcher
-from tests.support import wait_for_http
+from testbed.gunicorn import Gunicorn
+from testbed.watchers import QueryWatcher
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 # wrk stops each thread after its share of the requests, and reports as JSON.
 # The count is a safety cap; each level is meant to end by its duration,
 # which is what requests per second divides by.
@@ -26,35 +24,6 @@ HOW_TO_GET_WRK = "the load test needs wrk: apt-get install wrk"
 def find_wrk():
     """Return the path of wrk, or None."""
     return shutil.which("wrk")
-
-
-class Gunicorn:
-    """Step 4's wsgi.py under gunicorn on a loopback port."""
-
-    def __init__(self, database_url, port, workers, threads, preload=True):
-        self.url = f"http://127.0.0.1:{port}"
-        command = [
-            *(sys.executable, "-m", "gunicorn", "--workers", str(workers)),
-            *("--threads", str(threads), "--bind", f"127.0.0.1:{port}"),
-            # No access log: the load test counts the answers itself.
-            "--log-level",
-            "warning",
-        ]
-        if preload:
-            command.append("--preload")
-        self.process = subprocess.Popen(
-            [*command, "step04_pooling.wsgi:app"],
-            cwd=ROOT,
-            env={**os.environ, "DATABASE_URL": tagged(database_url)},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_http(self.url, self.process)
-
-    def stop(self):
-        """Stop gunicorn and its workers."""
-        self.process.terminate()
-        self.process.wait(timeout=30)
 
 
 # The name the load test's connections give PostgreSQL, so that the watcher
@@ -72,7 +41,7 @@ def tagged(database_url):
     ).render_as_string(hide_password=False)
 
 
-class ConnectionWatcher(QueryWatcher):
+class LoadTestConnections(QueryWatcher):
     """Sample how many connections the load test's server processes hold."""
 
     def __init__(self, database_url, interval=0.02):
@@ -123,7 +92,6 @@ def load_test(
     concurrencies,
     seconds,
     requests_at_most,
-    port,
     workers=2,
     threads=4,
 ):
@@ -132,12 +100,20 @@ def load_test(
     if wrk is None:
         raise SystemExit(HOW_TO_GET_WRK)
     on_postgresql = make_url(database_url).get_backend_name() == "postgresql"
-    server = Gunicorn(database_url, port, workers, threads)
+    server = Gunicorn(
+        "step04_pooling.wsgi:app",
+        [
+            *("--workers", str(workers), "--threads", str(threads), "--preload"),
+            # No access log: the load test counts the answers itself.
+            *("--log-level", "warning"),
+        ],
+        {"DATABASE_URL": tagged(database_url)},
+    ).wait()
     rows = []
     try:
         for connections in concurrencies:
             if on_postgresql:
-                with ConnectionWatcher(database_url) as watcher:
+                with LoadTestConnections(database_url) as watcher:
                     summary = run_wrk(
                         wrk, server.url + path, connections, seconds, requests_at_most
                     )

@@ -32,6 +32,9 @@ from sqlalchemy.pool import NullPool
 
 from step07_testing import create_app
 from step07_testing.testing import isolated
+from testbed.loopback import free_port
+from testbed.postgres import Cluster
+from testbed.postgres import find_binaries
 
 from .timing import CallAsClient
 from .timing import time_per_request
@@ -195,12 +198,6 @@ def markdown(results):
 
 def run(out, quick):
     """Measure on SQLite and on a throwaway PostgreSQL; write the outputs."""
-    # The harness's PostgreSQL, imported here so that the notebooks, which
-    # cannot import the tests, can import this module.
-    from tests.postgres import Cluster
-    from tests.postgres import find_binaries
-    from tests.support import free_port
-
     tests, rounds = (3, 2) if quick else (20, 9)
     results = {"quick": quick, "backends": []}
     with tempfile.TemporaryDirectory() as folder:

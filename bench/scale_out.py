@@ -35,14 +35,14 @@ import requests  # noqa: E402
 
 from step08_pgbouncer import create_app  # noqa: E402
 from step08_pgbouncer.db import POOL_DEFAULTS  # noqa: E402
-from tests.pgbouncer import APP_CONNECTIONS_ALLOWED  # noqa: E402
-from tests.pgbouncer import POOL_SIZE  # noqa: E402
-from tests.pgbouncer import ConnectionWatcher  # noqa: E402
-from tests.pgbouncer import Instances  # noqa: E402
-from tests.pgbouncer import PgBouncer  # noqa: E402
-from tests.pgbouncer import SmallServer  # noqa: E402
-from tests.postgres import find_binaries  # noqa: E402
-from tests.support import free_port  # noqa: E402
+from testbed.gunicorn import Instances  # noqa: E402
+from testbed.loopback import free_port  # noqa: E402
+from testbed.pgbouncer import APP_CONNECTIONS_ALLOWED  # noqa: E402
+from testbed.pgbouncer import POOL_SIZE  # noqa: E402
+from testbed.pgbouncer import PgBouncer  # noqa: E402
+from testbed.pgbouncer import SmallServer  # noqa: E402
+from testbed.postgres import find_binaries  # noqa: E402
+from testbed.watchers import ConnectionWatcher  # noqa: E402
 
 from .load import BOUNDED_SCRIPT  # noqa: E402
 from .load import HOW_TO_GET_WRK  # noqa: E402

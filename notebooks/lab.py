@@ -12,10 +12,8 @@ import importlib
 import logging
 import multiprocessing
 import os
-import pathlib
 import shutil
 import signal
-import sys
 import tempfile
 import textwrap
 import threading
@@ -33,22 +31,6 @@ from sqlalchemy.pool import NullPool
 
 _folder = tempfile.mkdtemp(prefix="flask-sqlalchemy-notebook-")
 atexit.register(shutil.rmtree, _folder, ignore_errors=True)
-
-
-def harness(name):
-    """Import and return a module of the test suite's harness, ``tests/<name>.py``.
-
-    What the tests use to start real processes (a throwaway PostgreSQL,
-    PgBouncer, gunicorn) serves a notebook too. ``tests`` is no installed
-    package: the repository's root, one folder up, goes on ``sys.path``.
-    """
-    root = pathlib.Path(__file__).resolve().parent.parent
-    if str(root) not in sys.path:
-        sys.path.append(str(root))
-    module = importlib.import_module(f"tests.{name}")
-    if not pathlib.Path(module.__file__).resolve().is_relative_to(root / "tests"):
-        raise ImportError(f"tests.{name} is not this repository's: {module.__file__}")
-    return module
 
 
 # What on_kernel_stop() was given, run in reverse order when the kernel stops,

@@ -4,17 +4,18 @@ import os
 
 import pytest
 
-from .postgres import HOW_TO_GET_POSTGRES
-from .postgres import Cluster
-from .postgres import Server
-from .postgres import find_binaries
-from .support import STEPS
-from .support import STEPS_WITH_TWO_DATABASES
-from .support import LiveServer
-from .support import dispose_engines
-from .support import free_port
-from .support import import_step
-from .support import initialize_databases
+from testbed.live_server import LiveServer
+from testbed.loopback import free_port
+from testbed.postgres import HOW_TO_GET_POSTGRES
+from testbed.postgres import Cluster
+from testbed.postgres import Server
+from testbed.postgres import find_binaries
+from testbed.step_apps import close_app
+from testbed.step_apps import initialize_databases
+
+from .steps import STEPS
+from .steps import STEPS_WITH_TWO_DATABASES
+from .steps import import_step
 
 
 @pytest.fixture(params=STEPS)
@@ -160,8 +161,9 @@ def pytest_sessionfinish(session, exitstatus):
 
 def create_app_with_tables(step, databases, engine_options=None, **config):
     """Create a step's app on its databases, once init-db has run on them."""
-    initialize_databases(step, databases)
-    return import_step(step).create_app(
+    create_app = import_step(step).create_app
+    initialize_databases(create_app, databases)
+    return create_app(
         {
             "TESTING": True,
             **databases,
@@ -169,15 +171,6 @@ def create_app_with_tables(step, databases, engine_options=None, **config):
             **config,
         }
     )
-
-
-def close_app(app):
-    """Close what an app holds: this thread's Session, its engines' pools."""
-    # Clean up what a step without teardown leaves in this thread.
-    if "session" in app.extensions:
-        with app.app_context():
-            app.extensions["session"].remove()
-    dispose_engines(app)
 
 
 @pytest.fixture

@@ -10,13 +10,13 @@ from bench.apps import CASES  # noqa: I001
 from bench.load import HOW_TO_GET_WRK
 from bench.load import find_wrk
 from bench.scale_out import CASES as SCALE_OUT_CASES
+from testbed import ROOT
+from testbed.pgbouncer import HOW_TO_GET_PGBOUNCER
+from testbed.pgbouncer import find_pgbouncer
+from testbed.postgres import HOW_TO_GET_POSTGRES
+from testbed.postgres import find_binaries
 
 from .conftest import skip_or_fail
-from .pgbouncer import HOW_TO_GET_PGBOUNCER
-from .pgbouncer import find_pgbouncer
-from .postgres import HOW_TO_GET_POSTGRES
-from .postgres import find_binaries
-from .support import ROOT
 
 
 @pytest.mark.slow

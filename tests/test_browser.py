@@ -6,16 +6,17 @@ import os
 
 import pytest
 
-from .browser import HOW_TO_GET_CHROMIUM
-from .browser import find_chromium
-from .browser import launch
-from .screenshots import SCREENSHOTS
-from .screenshots import SMALL_POOL_FAILING_FAST
-from .screenshots import burst_and_wait
-from .screenshots import take_screenshots
-from .screenshots import wait_for_samples
-from .support import ROOT
-from .support import STEPS
+from testbed import ROOT
+from testbed.chromium import HOW_TO_GET_CHROMIUM
+from testbed.chromium import find_chromium
+from testbed.chromium import launch
+from testbed.screenshots import SCREENSHOTS
+from testbed.screenshots import SMALL_POOL_FAILING_FAST
+from testbed.screenshots import burst_and_wait
+from testbed.screenshots import take_screenshots
+from testbed.screenshots import wait_for_samples
+
+from .steps import STEPS
 
 # Each test drives Chromium against a step served by flask run.
 pytestmark = pytest.mark.slow

@@ -14,14 +14,16 @@ from sqlalchemy import inspect
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from .support import ROOT
-from .support import STEPS
-from .support import STEPS_WITH_TWO_DATABASES
-from .support import connections_opened_at_startup
-from .support import delete_elsewhere_before
-from .support import import_step
-from .support import lose_connection_before
-from .support import pool_status
+from testbed import ROOT
+
+from .faults import delete_elsewhere_before
+from .faults import lose_connection_before
+from .instance_folder import keep_out_of_the_instance_folder
+from .steps import STEPS
+from .steps import STEPS_WITH_TWO_DATABASES
+from .steps import connections_opened_at_startup
+from .steps import import_step
+from .steps import pool_status
 
 
 def create(client, text="hello"):
@@ -370,17 +372,6 @@ def test_init_db_creates_the_table_and_can_run_twice(step, database_url):
         "created_at",
     ]
     engine.dispose()
-
-
-def keep_out_of_the_instance_folder(monkeypatch, tmp_path):
-    """Give apps an instance folder in tmp_path instead of the repository's.
-
-    From step 5 on, creating an app connects to its database, which creates
-    the SQLite file: a test must not leave one in the reader's instance/.
-    """
-    monkeypatch.setattr(
-        Flask, "auto_find_instance_path", lambda app: str(tmp_path / "instance")
-    )
 
 
 def test_the_default_database_is_a_sqlite_file_in_the_instance_folder(

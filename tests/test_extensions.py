@@ -13,8 +13,8 @@ from sqlalchemy import event
 from sqlalchemy import text
 from sqlalchemy.pool import StaticPool
 
-from .support import in_forked_child
-from .support import run_in_new_thread
+from testbed.fork import in_forked_child
+from testbed.threads import run_in_new_thread
 
 flask_sqlalchemy = pytest.importorskip("flask_sqlalchemy")
 record_queries = pytest.importorskip("flask_sqlalchemy.record_queries")

@@ -23,15 +23,16 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 
+from testbed import ROOT
+from testbed.fork import in_forked_child
+from testbed.load import requests_from_threads
+from testbed.loopback import free_port
+from testbed.loopback import wait_for_http
+
 from .conftest import skip_or_fail
-from .support import ROOT
-from .support import free_port
-from .support import in_forked_child
-from .support import pool_status
-from .support import preloaded_environment
-from .support import send_from_threads
-from .support import steps_from
-from .support import wait_for_http
+from .preloading import preloaded_environment
+from .steps import pool_status
+from .steps import steps_from
 
 PRE_PING_OFF = {"pool_pre_ping": False}
 STEPS_WITH_POOLING = steps_from("step04_pooling")
@@ -417,7 +418,7 @@ def test_the_server_never_sees_more_than_pool_size_plus_max_overflow(
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        outcomes = send_from_threads(app, threads=12, requests=30)
+        outcomes = requests_from_threads(app, threads=12, requests_each=30)
     finally:
         done.set()
         watcher.join()

@@ -23,14 +23,15 @@ from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy import text
 
-from .pgbouncer import send_load
-from .support import ROOT
-from .support import free_port
-from .support import import_step
-from .support import preloaded_environment
-from .support import steps_from
-from .support import stop_process
-from .support import wait_for_http
+from testbed import ROOT
+from testbed.load import send_load
+from testbed.loopback import free_port
+from testbed.loopback import wait_for_http
+from testbed.stopping import stop_process
+
+from .preloading import preloaded_environment
+from .steps import import_step
+from .steps import steps_from
 
 pytestmark = pytest.mark.slow
 

@@ -29,13 +29,14 @@ import pytest
 import requests
 from sqlalchemy.engine import make_url
 
+from testbed import ROOT
+from testbed.loopback import free_port
+from testbed.loopback import wait_for_http
+from testbed.postgres import HOW_TO_GET_POSTGRES
+from testbed.stopping import stop_process
+from testbed.watchers import QueryWatcher
+
 from .conftest import skip_or_fail
-from .postgres import HOW_TO_GET_POSTGRES
-from .support import ROOT
-from .support import QueryWatcher
-from .support import free_port
-from .support import stop_process
-from .support import wait_for_http
 
 # Each configuration starts gunicorn and loads it for a few seconds.
 pytestmark = pytest.mark.slow

@@ -11,8 +11,9 @@ import difflib
 
 import pytest
 
-from .support import ROOT
-from .support import STEPS
+from testbed import ROOT
+
+from .steps import STEPS
 
 SHARED_FILES = [
     "web.py",

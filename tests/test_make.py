@@ -9,14 +9,15 @@ import time
 import pytest
 import requests
 
+from testbed import ROOT
+from testbed.loopback import free_port
+from testbed.loopback import wait_for_http
+from testbed.pgbouncer import HOW_TO_GET_PGBOUNCER
+from testbed.pgbouncer import find_pgbouncer
+from testbed.postgres import HOW_TO_GET_POSTGRES
+from testbed.postgres import find_binaries
+
 from .conftest import skip_or_fail
-from .pgbouncer import HOW_TO_GET_PGBOUNCER
-from .pgbouncer import find_pgbouncer
-from .postgres import HOW_TO_GET_POSTGRES
-from .postgres import find_binaries
-from .support import ROOT
-from .support import free_port
-from .support import wait_for_http
 
 # Each test runs make, which starts a server and a step.
 pytestmark = pytest.mark.slow

@@ -12,14 +12,15 @@ import pytest
 import requests
 from nbclient import NotebookClient
 
+from testbed import ROOT
+from testbed.loopback import free_port
+from testbed.pgbouncer import HOW_TO_GET_PGBOUNCER
+from testbed.pgbouncer import find_pgbouncer
+from testbed.postgres import HOW_TO_GET_POSTGRES
+from testbed.postgres import find_binaries
+
 from .conftest import skip_or_fail
-from .pgbouncer import HOW_TO_GET_PGBOUNCER
-from .pgbouncer import find_pgbouncer
-from .postgres import HOW_TO_GET_POSTGRES
-from .postgres import find_binaries
-from .support import ROOT
-from .support import STEPS
-from .support import free_port
+from .steps import STEPS
 
 NOTEBOOKS = ROOT / "notebooks"
 

@@ -7,10 +7,10 @@ import re
 import pytest
 
 from bench.report import table
+from testbed import ROOT
 
 from .conftest import is_slow
-from .support import ROOT
-from .support import STEPS
+from .steps import STEPS
 
 README = (ROOT / "README.md").read_text()
 NUMBERS = {11: "eleven", 12: "twelve", 10: "ten"}
@@ -186,9 +186,9 @@ def test_what_the_readme_reads_in_the_scale_out_run_is_what_it_holds():
 
 def test_step_8s_connection_arithmetic_is_that_of_the_drills_and_the_harness():
     drills = importlib.import_module("tests.test_step08_pgbouncer")
-    harness = importlib.import_module("tests.pgbouncer")
+    harness = importlib.import_module("testbed.pgbouncer")
     pool = importlib.import_module("step08_pgbouncer.db").POOL_DEFAULTS
-    harness_source = (ROOT / "tests" / "pgbouncer.py").read_text()
+    harness_source = (ROOT / "testbed" / "pgbouncer.py").read_text()
     section = " ".join(
         README.split("## Step 8")[1].split("**The settings, and why.**")[0].split()
     )

@@ -21,7 +21,7 @@ import pytest
 from flask import got_request_exception
 from sqlalchemy import text
 
-from .support import STEPS
+from .steps import STEPS
 
 # How long the child talks on the shared socket.
 SHARING_SECONDS = 1.5

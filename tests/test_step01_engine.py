@@ -10,8 +10,8 @@ from sqlalchemy import event
 from sqlalchemy import select
 from sqlalchemy.pool import Pool
 
-from .support import pool_status
-from .support import steps_from
+from .steps import pool_status
+from .steps import steps_from
 
 REQUESTS = 10
 

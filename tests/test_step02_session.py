@@ -12,15 +12,16 @@ import json
 import pytest
 from sqlalchemy.orm import DeclarativeBase
 
-from .support import SMALL_POOL
-from .support import change_text_elsewhere
-from .support import lose_connection_before
-from .support import message_class
-from .support import pool_status
-from .support import read_again_after_a_change_elsewhere
-from .support import run_in_new_thread
-from .support import send_from_threads
-from .support import steps_from
+from testbed.load import requests_from_threads
+from testbed.threads import run_in_new_thread
+
+from .faults import lose_connection_before
+from .stale_reads import change_text_elsewhere
+from .stale_reads import read_again_after_a_change_elsewhere
+from .steps import SMALL_POOL
+from .steps import message_class
+from .steps import pool_status
+from .steps import steps_from
 
 QUEUEPOOL_LIMIT = "QueuePool limit of size 2 overflow 0 reached"
 # Two connections and no overflow; a request that finds none free within a
@@ -130,19 +131,19 @@ def test_without_teardown_reused_threads_exhaust_the_pool(make_app):
     # connection too: the outcome does not depend on when it runs.
     gc.disable()
     try:
-        outcomes = send_from_threads(app, threads=8, requests=200)
+        outcomes = requests_from_threads(app, threads=8, requests_each=200)
     finally:
         gc.enable()
 
     # Two threads took the two connections and kept them; the other six
     # waited pool_timeout for a connection that never came back.
     completed = [outcome for outcome in outcomes if len(outcome) == 200]
-    failed = [outcome[-1] for outcome in outcomes if outcome[-1][0] != 200]
+    failed = [outcome[-1] for outcome in outcomes if outcome[-1].status != 200]
     assert len(completed) == 2
     assert len(failed) == 6
-    for status, error in failed:
-        assert status == 503
-        assert QUEUEPOOL_LIMIT in error
+    for answer in failed:
+        assert answer.status == 503
+        assert QUEUEPOOL_LIMIT in answer.error
 
 
 def test_without_teardown_flask_run_soon_times_out_on_the_pool(serve):

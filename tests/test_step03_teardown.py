@@ -15,15 +15,16 @@ from sqlalchemy import text
 from sqlalchemy.orm import scoped_session
 from sqlalchemy.orm import sessionmaker
 
-from .support import SMALL_POOL
-from .support import lose_connection_at_next_rollback
-from .support import lose_connection_before
-from .support import message_class
-from .support import pool_status
-from .support import read_again_after_a_change_elsewhere
-from .support import run_in_new_thread
-from .support import send_from_threads
-from .support import steps_from
+from testbed.load import requests_from_threads
+from testbed.threads import run_in_new_thread
+
+from .faults import lose_connection_at_next_rollback
+from .faults import lose_connection_before
+from .stale_reads import read_again_after_a_change_elsewhere
+from .steps import SMALL_POOL
+from .steps import message_class
+from .steps import pool_status
+from .steps import steps_from
 
 STEPS_WITH_TEARDOWN = steps_from("step03_teardown")
 
@@ -126,10 +127,10 @@ def test_a_failed_transaction_leaves_nothing_for_the_threads_next_request(client
 def test_reused_threads_share_a_small_pool_without_a_failure(step, make_app):
     app = make_app(step, engine_options=SMALL_POOL)
 
-    outcomes = send_from_threads(app, threads=8, requests=200)
+    outcomes = requests_from_threads(app, threads=8, requests_each=200)
 
     assert [len(outcome) for outcome in outcomes] == [200] * 8
-    assert {status for outcome in outcomes for status, _ in outcome} == {200}
+    assert {answer.status for outcome in outcomes for answer in outcome} == {200}
     status = pool_status(app.test_client())
     assert status["checked_out"] == 0
     assert status["connects"] <= 2

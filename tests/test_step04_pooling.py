@@ -13,11 +13,12 @@ import weakref
 import pytest
 from sqlalchemy.pool import NullPool
 
-from .support import drop_next_returned_connection
-from .support import import_step
-from .support import in_forked_child
-from .support import pool_status
-from .support import steps_from
+from testbed.fork import in_forked_child
+
+from .faults import drop_next_returned_connection
+from .steps import import_step
+from .steps import pool_status
+from .steps import steps_from
 
 STEPS_WITH_POOLING = steps_from("step04_pooling")
 

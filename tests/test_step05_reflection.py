@@ -19,14 +19,15 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.automap import automap_base
 
-from .support import ROOT
-from .support import free_port
-from .support import import_step
-from .support import in_forked_child
-from .support import pool_status
-from .support import steps_from
-from .support import wait_for_http
-from .test_wsgi import worker_answers
+from testbed import ROOT
+from testbed.fork import in_forked_child
+from testbed.loopback import free_port
+from testbed.loopback import wait_for_http
+
+from .steps import import_step
+from .steps import pool_status
+from .steps import steps_from
+from .workers import worker_answers
 
 STEPS_WITH_REFLECTION = steps_from("step05_reflection")
 ADD_AUTHOR = "ALTER TABLE messages ADD COLUMN author VARCHAR(40) DEFAULT 'anonymous'"

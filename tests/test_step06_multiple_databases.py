@@ -15,12 +15,13 @@ from sqlalchemy import select
 from sqlalchemy import text
 from sqlalchemy.pool import NullPool
 
-from .support import import_step
-from .support import in_forked_child
-from .support import lose_connection_before
-from .support import pool_status
-from .support import steps_from
-from .test_contract import keep_out_of_the_instance_folder
+from testbed.fork import in_forked_child
+
+from .faults import lose_connection_before
+from .instance_folder import keep_out_of_the_instance_folder
+from .steps import import_step
+from .steps import pool_status
+from .steps import steps_from
 
 STEPS_WITH_TWO_DATABASES = steps_from("step06_multiple_databases")
 

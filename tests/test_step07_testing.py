@@ -19,12 +19,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from .support import ROOT
-from .support import import_step
-from .support import message_class
-from .support import pool_status
-from .support import run_in_new_thread
-from .support import steps_from
+from testbed import ROOT
+from testbed.threads import run_in_new_thread
+
+from .steps import import_step
+from .steps import message_class
+from .steps import pool_status
+from .steps import steps_from
 
 STEPS_WITH_ISOLATION = steps_from("step07_testing")
 

@@ -18,22 +18,22 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from step08_pgbouncer import create_app
+from testbed.gunicorn import Instances
+from testbed.load import send_load
+from testbed.loopback import free_port
+from testbed.pgbouncer import APP_CONNECTIONS_ALLOWED
+from testbed.pgbouncer import HOW_TO_GET_PGBOUNCER
+from testbed.pgbouncer import MAX_CONNECTIONS
+from testbed.pgbouncer import POOL_SIZE
+from testbed.pgbouncer import PgBouncer
+from testbed.pgbouncer import SmallServer
+from testbed.pgbouncer import find_pgbouncer
+from testbed.postgres import HOW_TO_GET_POSTGRES
+from testbed.postgres import find_binaries
+from testbed.step_apps import close_app
+from testbed.watchers import ConnectionWatcher
 
-from .conftest import close_app
 from .conftest import skip_or_fail
-from .pgbouncer import APP_CONNECTIONS_ALLOWED
-from .pgbouncer import HOW_TO_GET_PGBOUNCER
-from .pgbouncer import MAX_CONNECTIONS
-from .pgbouncer import POOL_SIZE
-from .pgbouncer import ConnectionWatcher
-from .pgbouncer import Instances
-from .pgbouncer import PgBouncer
-from .pgbouncer import SmallServer
-from .pgbouncer import find_pgbouncer
-from .pgbouncer import send_load
-from .postgres import HOW_TO_GET_POSTGRES
-from .postgres import find_binaries
-from .support import free_port
 
 # PostgreSQL and PgBouncer start for these tests; the drills send load.
 pytestmark = pytest.mark.slow

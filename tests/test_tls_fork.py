@@ -33,15 +33,17 @@ import requests
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from testbed import ROOT
+from testbed.loopback import free_port
+from testbed.loopback import wait_for_http
+from testbed.postgres import HOW_TO_GET_POSTGRES
+from testbed.postgres import Cluster
+from testbed.postgres import find_binaries
+from testbed.step_apps import initialize_databases
+from testbed.stopping import stop_process_group
+
 from .conftest import skip_or_fail
-from .postgres import HOW_TO_GET_POSTGRES
-from .postgres import Cluster
-from .postgres import find_binaries
-from .postgres import stop_process_group
-from .support import ROOT
-from .support import free_port
-from .support import initialize_databases
-from .support import wait_for_http
+from .steps import import_step
 
 # Each test starts gunicorn with two workers, a round at a time.
 pytestmark = pytest.mark.slow
@@ -118,7 +120,7 @@ def serve_under_load(step, cluster, database_url, load, folder, until=None):
     """Serve the step under ``gunicorn --preload --workers 2`` and send it
     ``load(url)``, a fresh server each round, until ``until(round)`` holds
     or ROUNDS have run; return the last round."""
-    initialize_databases(step, {"DATABASE_URL": database_url})
+    initialize_databases(import_step(step).create_app, {"DATABASE_URL": database_url})
     for number in range(ROUNDS):
         log_path = folder / f"gunicorn-{number}.log"
         server_log_start = len(cluster.server_log())

@@ -16,12 +16,13 @@ import time
 import flask
 import pytest
 
-from .support import STEPS
-from .support import in_threads
-from .support import pool_status
-from .support import run_in_new_thread
-from .support import send_from_threads
-from .support import steps_from
+from testbed.load import requests_from_threads
+from testbed.threads import run_in_new_thread
+from testbed.threads import run_in_threads
+
+from .steps import STEPS
+from .steps import pool_status
+from .steps import steps_from
 
 THREADS = 16
 REQUESTS_PER_THREAD = 75
@@ -117,7 +118,7 @@ def test_mixed_concurrent_load_loses_nothing_and_answers_no_5xx(
     sqlite_waits = {"connect_args": {"timeout": 30}} if backend == "sqlite" else {}
     app = make_app(step, engine_options=sqlite_waits)
 
-    outcomes = in_threads(
+    outcomes = run_in_threads(
         lambda number, stop: mixed_load(app, seed=number, stop=stop), THREADS
     )
 
@@ -209,7 +210,7 @@ def test_a_load_ends_at_its_first_exception_and_raises_it_with_no_thread_left():
 
     # Sixteen threads of 500 requests: seconds of load, were they to run on.
     with pytest.raises(RuntimeError, match="request 0 fails"):
-        send_from_threads(app, threads=16, requests=500)
+        requests_from_threads(app, threads=16, requests_each=500)
 
     assert time.monotonic() - started < 5
     assert threads_started_since(before) == []
@@ -234,7 +235,7 @@ def test_a_load_interrupted_by_a_timeout_ends_its_threads_before_it_fails():
     timer.start()
     try:
         with pytest.raises(Interrupted):
-            send_from_threads(app, threads=16, requests=500)
+            requests_from_threads(app, threads=16, requests_each=500)
     finally:
         timer.cancel()
         timer.join()

@@ -13,12 +13,13 @@ from sqlalchemy.orm import scoped_session
 from sqlalchemy.orm.exc import DetachedInstanceError
 from sqlalchemy.pool import StaticPool
 
-from .support import ROOT
-from .support import STEPS
-from .support import import_step
-from .support import message_class
-from .support import run_in_new_thread
-from .support import steps_from
+from testbed import ROOT
+from testbed.threads import run_in_new_thread
+
+from .steps import STEPS
+from .steps import import_step
+from .steps import message_class
+from .steps import steps_from
 
 
 def test_scoped_session_declares_the_session_methods_that_linters_look_for():

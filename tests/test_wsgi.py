@@ -8,7 +8,6 @@ inherited connection and open none of their own; step 4's each open theirs.
 import os
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -16,12 +15,15 @@ import requests
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from .support import ROOT
-from .support import databases_in
-from .support import free_port
-from .support import initialize_databases
-from .support import steps_from
-from .support import wait_for_http
+from testbed import ROOT
+from testbed.loopback import free_port
+from testbed.loopback import wait_for_http
+from testbed.step_apps import databases_in
+from testbed.step_apps import initialize_databases
+
+from .steps import import_step
+from .steps import steps_from
+from .workers import worker_answers
 
 # Each test starts gunicorn with several workers.
 pytestmark = pytest.mark.slow
@@ -42,7 +44,7 @@ def test_preloaded_workers_open_connections_of_their_own_from_step_4_on(
     step, connections_of_its_own, database_url, backend, request
 ):
     env = {**os.environ, "DATABASE_URL": database_url}
-    initialize_databases(step, databases_in(env))
+    initialize_databases(import_step(step).create_app, databases_in(env))
     url = f"http://127.0.0.1:{free_port()}"
     gunicorn = subprocess.Popen(
         [
@@ -82,28 +84,6 @@ def test_preloaded_workers_open_connections_of_their_own_from_step_4_on(
     elif backend == "postgresql":
         # The master's, and one of each worker that served.
         assert server_connections >= 1 + len(workers)
-
-
-def worker_answers(url, gunicorn, served=False):
-    """Ask /pool until both workers have answered; return their answers by pid.
-
-    With ``served``, send GET /messages before each question, and keep only
-    the answers of workers that have served on a connection of their own.
-    """
-    # Each request goes to whichever worker takes it first.
-    workers = {}
-    for _ in range(200):
-        if served:
-            response = requests.get(url + "/messages", timeout=30)
-            assert response.status_code == 200, response.text
-        answer = requests.get(url + "/pool", timeout=30).json()
-        assert answer["pid"] != gunicorn.pid
-        if not served or answer["connects_in_this_process"] > 0:
-            workers[answer["pid"]] = answer
-        if len(workers) == 2:
-            break
-        time.sleep(0.02)
-    return workers
 
 
 def get_messages(url):

@@ -1,17 +1,17 @@
 """PgBouncer for step 8: Debian's pgbouncer in front of a small PostgreSQL.
 
-The harness starts a cluster with a small ``max_connections`` and a
-PgBouncer in transaction mode in front of it, both on free loopback ports
+SmallServer is a cluster with a small ``max_connections``, and PgBouncer a
+pgbouncer in transaction mode in front of it, both on free loopback ports
 and run as an unprivileged user, as both refuse to run as root. The app
 connects as ``app``, an ordinary role: when it has taken every connection
-the server allows it, the harness (a superuser, with the reserved slots)
-can still look at ``pg_stat_activity``.
+the server allows it, a superuser (with the reserved slots) can still look
+at ``pg_stat_activity``.
 
 Run as a program, it starts both for a command of yours, with DATABASE_URL
 and AUDIT_DATABASE_URL going through PgBouncer and FLASK_BEHIND_POOLER=true
 (``make run STEP=step08_pgbouncer DB=pgbouncer`` does so):
 
-    .venv/bin/python -m tests.pgbouncer .venv/bin/flask --app step08_pgbouncer run
+    .venv/bin/python -m testbed.pgbouncer .venv/bin/flask --app step08_pgbouncer run
 """
 
 import contextlib
@@ -21,26 +21,20 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from typing import NamedTuple
 
 import psycopg
-import requests
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from .command import run_with_servers
+from .loopback import free_port
 from .postgres import HOW_TO_GET_POSTGRES
 from .postgres import Cluster
 from .postgres import find_binaries
 from .postgres import run_as
-from .postgres import run_with_servers
 from .postgres import unprivileged_user
-from .support import ROOT
-from .support import QueryWatcher
-from .support import free_port
-from .support import in_threads
-from .support import wait_for_http
+from .stopping import stop_process
 
 HOW_TO_GET_PGBOUNCER = (
     "pgbouncer was not found: install it (Debian: apt-get install pgbouncer); "
@@ -214,9 +208,8 @@ class PgBouncer:
 
     def stop(self):
         """Stop PgBouncer at once, dropping every client and server connection."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
+        if self.process is not None:
+            stop_process(self.process)
         self.process = None
 
     def restart(self):
@@ -237,133 +230,6 @@ class PgBouncer:
         ):
             return log.read()
         return ""
-
-
-class Instances:
-    """Gunicorn instances of step 8 on loopback, standing in for hosts."""
-
-    def __init__(self, env, count, workers, threads, log_folder, app=None):
-        self.urls = []
-        self.processes = []
-        self.logs = []
-        try:
-            for number in range(count):
-                port = free_port()
-                log_path = os.path.join(log_folder, f"instance-{number}.log")
-                with open(log_path, "wb") as log:
-                    process = subprocess.Popen(
-                        [
-                            *(sys.executable, "-m", "gunicorn", "--preload"),
-                            *("--workers", str(workers), "--threads", str(threads)),
-                            *("--bind", f"127.0.0.1:{port}", "--log-level", "warning"),
-                            app or "step08_pgbouncer.wsgi:app",
-                        ],
-                        cwd=ROOT,
-                        env={**os.environ, **env},
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                    )
-                self.processes.append(process)
-                self.logs.append(log_path)
-                self.urls.append(f"http://127.0.0.1:{port}")
-            for url, process, log_path in zip(
-                self.urls, self.processes, self.logs, strict=True
-            ):
-                # Many instances start at once: give them a minute.
-                wait_for_http(url, process, seconds=60, log_path=log_path)
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self):
-        """Stop every instance and its workers."""
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-    def log(self):
-        """Return what the instances have logged."""
-        texts = []
-        for path in self.logs:
-            with open(path, errors="replace") as log:
-                texts.append(log.read())
-        return "".join(texts)
-
-
-class Answer(NamedTuple):
-    """An answer to a request of send_load's."""
-
-    sent: float
-    answered: float
-    status: int | None
-    # The JSON body's "error", the body if not JSON, or why none came.
-    error: str | None
-    is_json: bool = False
-
-
-def send_load(urls, clients, requests_each, path="/messages", stop=None, timeout=30):
-    """Send POST requests from ``clients`` threads, spread over the instances.
-
-    Each request opens a new HTTP connection, so the instances' workers
-    share the load. Bounded: ``clients * requests_each`` requests at most,
-    each given up after ``timeout`` seconds; ``stop`` (an Event) ends it
-    sooner.
-    Return the answers (Answer).
-    """
-    answers = []
-    lock = threading.Lock()
-
-    def client(number, stopped):
-        for count in range(requests_each):
-            if stopped.is_set() or (stop is not None and stop.is_set()):
-                return
-            url = urls[(number + count) % len(urls)] + path
-            sent = time.monotonic()
-            try:
-                response = requests.post(
-                    url,
-                    json={"text": f"client {number}, request {count}"},
-                    timeout=timeout,
-                )
-            except requests.RequestException as error:
-                answer = Answer(sent, time.monotonic(), None, f"no answer: {error}")
-            else:
-                is_json = response.headers.get("Content-Type") == "application/json"
-                error = response.json().get("error") if is_json else response.text
-                answer = Answer(
-                    sent, time.monotonic(), response.status_code, error, is_json
-                )
-            with lock:
-                answers.append(answer)
-
-    in_threads(client, clients)
-    return answers
-
-
-class ConnectionWatcher(QueryWatcher):
-    """Sample how many server connections the app's role holds, per database."""
-
-    def __init__(self, server, interval=0.01):
-        super().__init__(
-            server.admin_engine(),
-            "SELECT datname, count(*) FROM pg_stat_activity"
-            " WHERE usename = :role GROUP BY datname",
-            {"role": APP_ROLE},
-            interval,
-        )
-        self.most = {}
-        self.most_in_all = 0
-
-    def record(self, rows):
-        counts = dict(rows)
-        for database, count in counts.items():
-            self.most[database] = max(self.most.get(database, 0), count)
-        self.most_in_all = max(self.most_in_all, sum(counts.values()))
 
 
 def run_behind_pgbouncer(command):

@@ -1,4 +1,4 @@
-"""PostgreSQL for the tests: a throwaway cluster, or a server you already have.
+"""PostgreSQL: a throwaway cluster of its own, or a server you already have.
 
 The harness starts its own cluster (initdb and pg_ctl into a temporary
 folder, on a free loopback port) unless TEST_POSTGRES_URL names a server on
@@ -11,7 +11,7 @@ DATABASE_URL naming a database on it (and AUDIT_DATABASE_URL a second one,
 for step 6), and deletes the cluster when the command ends (``make run
 DB=postgresql`` does so):
 
-    .venv/bin/python -m tests.postgres .venv/bin/flask --app step04_pooling run
+    .venv/bin/python -m testbed.postgres .venv/bin/flask --app step04_pooling run
 """
 
 import contextlib
@@ -19,7 +19,6 @@ import glob
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from .support import free_port
+from .command import run_with_servers
+from .loopback import free_port
 
 # How many empty databases the harness creates at a time (create_database).
 SPARE_DATABASES = 8
@@ -290,60 +290,6 @@ def run_on_a_throwaway_cluster(command):
         )
 
     return run_with_servers(command, start)
-
-
-def run_with_servers(command, start):
-    """Run a command beside servers that ``start`` starts; return its status.
-
-    ``start(cleanup)`` starts them, registers how to stop them on
-    ``cleanup`` (an ExitStack), and returns the environment to give the
-    command and a line to print. The servers stop when the command ends, or
-    when this process is stopped by a signal (kill, a closing terminal).
-    """
-    signal.signal(signal.SIGTERM, leave_on_signal)
-    signal.signal(signal.SIGHUP, leave_on_signal)
-    process = None
-    with contextlib.ExitStack() as cleanup:
-        try:
-            env, message = start(cleanup)
-            print(message, flush=True)
-            # A process group of its own, so that everything the command
-            # starts (a server's workers) stops with it.
-            process = subprocess.Popen(
-                command, env={**os.environ, **env}, process_group=0
-            )
-            return process.wait()
-        except KeyboardInterrupt:
-            return 130
-        finally:
-            ignore_stop_signals()
-            if process is not None:
-                stop_process_group(process)
-
-
-def leave_on_signal(signum, frame):
-    """Leave through the cleanup, as ``sys.exit`` does."""
-    ignore_stop_signals()
-    sys.exit(128 + signum)
-
-
-def ignore_stop_signals():
-    """Ignore further signals to stop, so that nothing cuts the cleanup short."""
-    # One is enough: make, stopped, passes its own SIGTERM on to its
-    # children, and a second signal inside the cleanup would end it there.
-    for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(stop_signal, signal.SIG_IGN)
-
-
-def stop_process_group(process):
-    """Stop a process and everything it started, politely first."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 if __name__ == "__main__":

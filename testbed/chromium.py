@@ -1,4 +1,4 @@
-"""Headless Chromium for the browser tests and the README's screenshots."""
+"""Headless Chromium, for the browser tests and the README's screenshots."""
 
 import shutil
 

@@ -1,6 +1,6 @@
 """Take the README's screenshots: pages in headless Chromium, after a burst.
 
-    make screenshots    (or: .venv/bin/python -m tests.screenshots docs)
+    make screenshots    (or: .venv/bin/python -m testbed.screenshots docs)
 
 Step 2 and step 3 run under ``flask run`` on the same small pool, and each
 page sends the same burst of requests: step 2 answers 503s and keeps its
@@ -14,10 +14,10 @@ import tempfile
 
 from playwright.sync_api import sync_playwright
 
-from .browser import HOW_TO_GET_CHROMIUM
-from .browser import find_chromium
-from .browser import launch
-from .support import LiveServer
+from .chromium import HOW_TO_GET_CHROMIUM
+from .chromium import find_chromium
+from .chromium import launch
+from .live_server import LiveServer
 
 # Two connections, no overflow, and a request that finds none free within a
 # second answers 503.

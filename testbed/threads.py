@@ -1,0 +1,53 @@
+"""Work in threads that are always joined: when it ends, fails or runs out of time."""
+
+import threading
+import time
+
+
+def run_in_threads(work, count, stop=None, seconds=None):
+    """Run ``work(number, stop)`` in ``count`` threads at once; return what
+    each returned, in the order of ``number``, 0 to ``count - 1``.
+
+    ``stop`` is an Event (a new one unless given) for ``work`` to check
+    between requests. The first exception in a thread sets it, and so does
+    one in this thread as it waits (a test's timeout), and so do
+    ``seconds`` running out: the other threads end after their current
+    request, rather than run on and keep the run from ending. Every thread
+    is joined before this returns; then a thread's exception is raised here.
+    """
+    stop = threading.Event() if stop is None else stop
+    results = [None] * count
+    errors = []
+
+    def run(number):
+        try:
+            results[number] = work(number, stop)
+        except BaseException as error:
+            errors.append(error)
+            stop.set()
+
+    threads = [threading.Thread(target=run, args=(number,)) for number in range(count)]
+    deadline = None if seconds is None else time.monotonic() + seconds
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(
+                None if deadline is None else max(0, deadline - time.monotonic())
+            )
+    finally:
+        # Done, out of time, failed, or interrupted here (Ctrl-C): no thread
+        # outlives the call.
+        stop.set()
+        for thread in threads:
+            if thread.is_alive():
+                thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def run_in_new_thread(function):
+    """Run ``function`` in a new thread, wait for it, and return its result."""
+    [result] = run_in_threads(lambda number, stop: function(), 1)
+    return result

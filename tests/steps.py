@@ -1,0 +1,54 @@
+"""The steps under test: which there are, where a concept starts, what each holds."""
+
+import importlib
+
+from testbed import ROOT
+
+# Every step package in the repository, so that a new step joins the shared
+# suite by existing.
+STEPS = sorted(
+    path.name
+    for path in ROOT.glob("step[0-9][0-9]_*")
+    if (path / "__init__.py").is_file()
+)
+
+# The pool of the load tests: two connections, no overflow.
+SMALL_POOL = {"pool_size": 2, "max_overflow": 0}
+
+
+def steps_from(first):
+    """Return the steps that keep the concept ``first`` introduced."""
+    return [step for step in STEPS if step >= first]
+
+
+# The steps whose app has a second database, for its audit log.
+STEPS_WITH_TWO_DATABASES = steps_from("step06_multiple_databases")
+
+
+def connections_opened_at_startup(step):
+    """Return how many connections creating the step's app opens: its pool's
+    first, from step 5 on, where the app maps its models from the database."""
+    return 1 if step in steps_from("step05_reflection") else 0
+
+
+def message_class(app):
+    """Return the app's mapped Message class.
+
+    Steps 2 to 4 declare it once, in their models module; from step 5 on,
+    each app maps a class of its own from its database's tables.
+    """
+    if "models" in app.extensions:
+        return app.extensions["models"].get().Message
+    return importlib.import_module(f"{app.import_name}.models").Message
+
+
+def import_step(step):
+    """Import a step package by name."""
+    return importlib.import_module(step)
+
+
+def pool_status(client):
+    """Return what ``GET /pool`` answers."""
+    response = client.get("/pool")
+    assert response.status_code == 200
+    return response.get_json()
