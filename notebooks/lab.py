@@ -1,8 +1,9 @@
-"""What the notebooks share: an app on a throwaway database, load, timing, charts.
+"""What the notebooks share: an app on a throwaway database, tables and charts.
 
 The notebooks import this module from their own folder, where Jupyter starts
-their kernel. Everything a notebook is about stays in the notebook; what is
-here only sets the stage and draws.
+their kernel; what they share with the tests and the benchmark (a load from
+threads, a fork, servers) they import from ``testbed``. Everything a notebook
+is about stays in the notebook; what is here only sets the stage and draws.
 """
 
 import atexit
@@ -10,7 +11,6 @@ import contextlib
 import html
 import importlib
 import logging
-import multiprocessing
 import os
 import shutil
 import signal
@@ -18,7 +18,6 @@ import tempfile
 import textwrap
 import threading
 import time
-import warnings
 
 import matplotlib.pyplot as plt
 from IPython.display import HTML
@@ -28,6 +27,8 @@ from sqlalchemy import create_engine
 from sqlalchemy import event
 from sqlalchemy import text
 from sqlalchemy.pool import NullPool
+
+from testbed.step_apps import initialize_databases
 
 _folder = tempfile.mkdtemp(prefix="flask-sqlalchemy-notebook-")
 atexit.register(shutil.rmtree, _folder, ignore_errors=True)
@@ -94,25 +95,11 @@ def new_app(create_app, engine_options=None, init_db=True):
     # init-db changes themselves, so keep the logs out of the cells' output.
     logging.getLogger(create_app.__module__).setLevel(logging.ERROR)
     if init_db:
-        # init-db runs in an app of its own, so that the app the notebook
-        # looks at has opened no connection yet (from step 5 on: none but
-        # the one that maps its models).
-        initializer = create_app(databases)
-        result = initializer.test_cli_runner().invoke(args=["init-db"])
-        assert result.output == "Initialized the database.\n", result.output
-        dispose(initializer)
+        # In an app of its own: the app the notebook looks at has opened no
+        # connection yet (from step 5 on: none but the one that maps its
+        # models).
+        initialize_databases(create_app, databases)
     return create_app({**databases, "ENGINE_OPTIONS": engine_options or {}})
-
-
-def engines(app):
-    """Return the app's engines by database: from step 6 on, it has two."""
-    return app.extensions.get("engines") or {"messages": app.extensions["engine"]}
-
-
-def dispose(app):
-    """Close the pooled connections of each of the app's engines."""
-    for engine in engines(app).values():
-        engine.dispose()
 
 
 def query(url, statement, **parameters):
@@ -301,35 +288,6 @@ class PoolSampler:
         plt.show()
 
 
-def requests_from_threads(app, sampler, threads, requests, pause=0.0):
-    """Send ``GET /messages`` from long-lived threads, as a threaded server would.
-
-    Each thread sends up to ``requests`` requests, ``pause`` seconds apart,
-    and stops at its first failure. Return one list per thread of
-    (seconds, status, error) for each of its requests.
-    """
-    outcomes = [[] for _ in range(threads)]
-
-    def work(outcome):
-        client = app.test_client()
-        for _ in range(requests):
-            response = client.get("/messages")
-            error = (
-                None if response.status_code == 200 else response.get_json()["error"]
-            )
-            outcome.append((sampler.now(), response.status_code, error))
-            if error is not None:
-                return
-            time.sleep(pause)
-
-    workers = [threading.Thread(target=work, args=(outcome,)) for outcome in outcomes]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    return outcomes
-
-
 class IdleConnections:
     """Keep track of the connections waiting in an engine's pool.
 
@@ -401,30 +359,3 @@ def tag_connections(app):
             server_pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
             answer["server pid"] = server_pid
         return answer
-
-
-def in_forked_child(function):
-    """Run ``function`` in a child process made by ``fork()``; return its result.
-
-    multiprocessing's fork context forks as gunicorn --preload does; the
-    result comes back through a pipe.
-    """
-    parent_end, child_end = multiprocessing.Pipe()
-
-    def run_and_send():
-        try:
-            child_end.send(("result", function()))
-        except Exception as error:
-            child_end.send(("error", repr(error)))
-
-    with warnings.catch_warnings():
-        # Python 3.12+ warns that the kernel's own threads do not follow
-        # into the child; the child here only runs ``function`` and exits.
-        warnings.filterwarnings("ignore", "This process .* is multi-threaded")
-        child = multiprocessing.get_context("fork").Process(target=run_and_send)
-        child.start()
-    assert parent_end.poll(60), "the forked child sent nothing within 60 s"
-    kind, value = parent_end.recv()
-    child.join()
-    assert kind == "result", f"in the forked child: {value}"
-    return value
