@@ -18,6 +18,8 @@ import step03_teardown
 import step04_pooling
 from step04_pooling.db import POOL_DEFAULTS
 from step04_pooling.models import Message
+from testbed.step_apps import dispose_engines
+from testbed.step_apps import initialize_databases
 
 STEPS = {
     "step01_engine": step01_engine,
@@ -29,10 +31,11 @@ STEPS = {
 
 def prepare_database(url):
     """Create the table and one message; return the path that reads it."""
-    app = step04_pooling.create_app({"DATABASE_URL": url})
-    assert app.test_cli_runner().invoke(args=["init-db"]).exit_code == 0
+    databases = {"DATABASE_URL": url}
+    initialize_databases(step04_pooling.create_app, databases)
+    app = step04_pooling.create_app(databases)
     response = app.test_client().post("/messages", json={"text": "benchmarked"})
-    app.extensions["engine"].dispose()
+    dispose_engines(app)
     return response.headers["Location"]
 
 

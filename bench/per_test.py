@@ -35,6 +35,7 @@ from step07_testing.testing import isolated
 from testbed.loopback import free_port
 from testbed.postgres import Cluster
 from testbed.postgres import find_binaries
+from testbed.step_apps import dispose_engines
 
 from .timing import CallAsClient
 from .timing import time_per_request
@@ -105,20 +106,14 @@ def _autocommit(url):
         engine.dispose()
 
 
-def new_app(databases):
-    """Create step 7's app on a pair of databases, tables created."""
+def app_with_tables(databases):
+    """Create step 7's app on a pair of databases, and run init-db through it."""
     # The app warns as it starts before init-db: expected here, every time.
     logging.getLogger("step07_testing").setLevel(logging.ERROR)
     app = create_app({"TESTING": True, **databases})
     result = app.test_cli_runner().invoke(args=["init-db"])
     assert result.exit_code == 0, result.output
     return app
-
-
-def dispose(app):
-    """Close the pooled connections of the app's engines."""
-    for engine in app.extensions["engines"].values():
-        engine.dispose()
 
 
 def delete_rows(app):
@@ -144,12 +139,12 @@ def ways(app, fresh=None):
 
     def on_a_fresh_database():
         urls = fresh.create()
-        fresh_app = new_app(urls)
+        fresh_app = app_with_tables(urls)
         try:
             run_one_test(fresh_app.test_client())
         finally:
             # Its pools closed first: a database in use cannot be dropped.
-            dispose(fresh_app)
+            dispose_engines(fresh_app)
             fresh.drop(urls)
 
     def then_deleting_the_rows():
@@ -166,12 +161,12 @@ def ways(app, fresh=None):
 def measure(backend, beside, folder, tests, rounds):
     """Time each way on one backend; return µs per test and ratios."""
     fresh = FreshDatabases(beside, folder)
-    app = new_app(fresh.create())
+    app = app_with_tables(fresh.create())
     try:
         clients = {name: CallAsClient(way) for name, way in ways(app, fresh).items()}
         timings = time_per_request(clients, "a test", tests, rounds, BASELINE)
     finally:
-        dispose(app)
+        dispose_engines(app)
     return {"backend": backend, "per_test": timings}
 
 

@@ -42,6 +42,8 @@ from testbed.pgbouncer import POOL_SIZE  # noqa: E402
 from testbed.pgbouncer import PgBouncer  # noqa: E402
 from testbed.pgbouncer import SmallServer  # noqa: E402
 from testbed.postgres import find_binaries  # noqa: E402
+from testbed.step_apps import dispose_engines  # noqa: E402
+from testbed.step_apps import initialize_databases  # noqa: E402
 from testbed.watchers import ConnectionWatcher  # noqa: E402
 
 from .load import BOUNDED_SCRIPT  # noqa: E402
@@ -173,8 +175,7 @@ def measure_in_process(server, quick):
         return time_per_request(clients, path, requests_each, rounds)
     finally:
         for app in apps.values():
-            for engine in app.extensions["engines"].values():
-                engine.dispose()
+            dispose_engines(app)
         pgbouncer.destroy()
 
 
@@ -190,13 +191,12 @@ def measure(quick):
         urls = {
             key: server.create_app_database(name) for key, name in DATABASES.items()
         }
+        initialize_databases(create_app, urls)
         app = create_app(urls)
-        assert app.test_cli_runner().invoke(args=["init-db"]).exit_code == 0
         created = app.test_client().post("/messages", json={"text": "scaled out"})
         path = created.headers["Location"]
         assert path == "/messages/1"
-        for engine in app.extensions["engines"].values():
-            engine.dispose()
+        dispose_engines(app)
         in_process = measure_in_process(server, quick)
         with tempfile.TemporaryDirectory() as folder:
             # Round after round, every level, every case in turn: what slows
