@@ -31,6 +31,7 @@ from testbed.pgbouncer import find_pgbouncer
 from testbed.postgres import HOW_TO_GET_POSTGRES
 from testbed.postgres import find_binaries
 from testbed.step_apps import close_app
+from testbed.step_apps import initialize_databases
 from testbed.watchers import ConnectionWatcher
 
 from .conftest import skip_or_fail
@@ -60,8 +61,9 @@ def pgbouncer(server):
     pgbouncer.destroy()
 
 
-class Databases:
-    """The test's two databases, their tables created, reached two ways."""
+class TwoWayDatabases:
+    """The test's two databases, their tables created, reached two ways:
+    straight to the server, and through PgBouncer."""
 
     def __init__(self, server, pgbouncer):
         self.names = {
@@ -76,10 +78,7 @@ class Databases:
         }
         # init-db straight on the server, so that PgBouncer's server
         # connections start with nothing of it.
-        initializer = create_app(self.direct)
-        result = initializer.test_cli_runner().invoke(args=["init-db"])
-        assert result.exit_code == 0, result.output
-        close_app(initializer)
+        initialize_databases(create_app, self.direct)
         self.pgbouncer = pgbouncer
         self._server = server
 
@@ -110,14 +109,15 @@ class Databases:
 @pytest.fixture
 def databases(server, pgbouncer):
     """Two empty-tabled databases of the test's own, direct and via PgBouncer."""
-    databases = Databases(server, pgbouncer)
+    databases = TwoWayDatabases(server, pgbouncer)
     yield databases
     databases.drop()
 
 
 @pytest.fixture
-def make_app():
-    """Return a factory of step 8 apps; their pools are closed after the test."""
+def app_on():
+    """Return a function that creates step 8's app on the URLs it is given,
+    whose tables exist already; the apps' pools are closed after the test."""
     apps = []
 
     def make(urls, **config):
@@ -155,9 +155,9 @@ def test_behind_pooler_is_read_from_the_environment(monkeypatch):
     [(False, 5, True), (True, None, False)],
 )
 def test_behind_pooler_turns_off_prepared_statements_and_pre_ping(
-    behind_pooler, prepare_threshold, pre_ping, databases, make_app
+    behind_pooler, prepare_threshold, pre_ping, databases, app_on
 ):
-    app = make_app(databases.urls(True), BEHIND_POOLER=behind_pooler)
+    app = app_on(databases.urls(True), BEHIND_POOLER=behind_pooler)
 
     for engine in app.extensions["engines"].values():
         with engine.connect() as connection:
@@ -169,8 +169,8 @@ def test_behind_pooler_turns_off_prepared_statements_and_pre_ping(
         assert engine.pool._pre_ping is pre_ping
 
 
-def test_connect_args_of_the_app_add_to_those_of_behind_pooler(databases, make_app):
-    app = make_app(
+def test_connect_args_of_the_app_add_to_those_of_behind_pooler(databases, app_on):
+    app = app_on(
         databases.urls(True),
         BEHIND_POOLER=True,
         ENGINE_OPTIONS={"connect_args": {"application_name": "reader"}},
@@ -213,8 +213,8 @@ def test_behind_pooler_refuses_a_database_that_is_not_postgresql(tmp_path):
         )
 
 
-def test_the_whole_api_works_behind_pgbouncer(databases, make_app):
-    client = make_app(databases.urls(True), BEHIND_POOLER=True).test_client()
+def test_the_whole_api_works_behind_pgbouncer(databases, app_on):
+    client = app_on(databases.urls(True), BEHIND_POOLER=True).test_client()
 
     created = client.post("/messages", json={"text": "hello"})
     assert created.status_code == 201
@@ -339,9 +339,9 @@ def connect_within(engine, seconds):
 
 @pytest.mark.parametrize(("behind_pooler", "fails"), [(False, True), (True, False)])
 def test_a_write_after_six_fails_on_another_server_connection(
-    behind_pooler, fails, databases, make_app
+    behind_pooler, fails, databases, app_on
 ):
-    client = make_app(databases.urls(True), BEHIND_POOLER=behind_pooler).test_client()
+    client = app_on(databases.urls(True), BEHIND_POOLER=behind_pooler).test_client()
     # The audit entry's INSERT, run for the sixth time on one pooled
     # connection, is prepared on the server connection it ran on. Its
     # transaction committed, so psycopg keeps it (it forgets on ROLLBACK).
@@ -365,16 +365,16 @@ def test_a_write_after_six_fails_on_another_server_connection(
 
 @pytest.mark.parametrize(("behind_pooler", "fails"), [(False, True), (True, False)])
 def test_another_process_meets_a_statement_of_the_same_name(
-    behind_pooler, fails, databases, make_app
+    behind_pooler, fails, databases, app_on
 ):
     urls = databases.urls(True)
-    first = make_app(urls, BEHIND_POOLER=behind_pooler).test_client()
+    first = app_on(urls, BEHIND_POOLER=behind_pooler).test_client()
     for number in range(6):
         assert write(first, number) == (201, None)
 
     # Another process, with connections of its own, numbers its statements
     # from _pg3_0 too, on the same server connection.
-    second = make_app(urls, BEHIND_POOLER=behind_pooler).test_client()
+    second = app_on(urls, BEHIND_POOLER=behind_pooler).test_client()
     answers = [write(second, number) for number in range(6)]
 
     if fails:
@@ -387,12 +387,12 @@ def test_another_process_meets_a_statement_of_the_same_name(
 
 @pytest.mark.parametrize("database", ["DATABASE_URL", "AUDIT_DATABASE_URL"])
 def test_requests_whose_last_transaction_rolls_back_never_bite(
-    database, databases, make_app
+    database, databases, app_on
 ):
     # Without the setting: reads end in ROLLBACK, and so do writes on the
     # messages database, whose answer reloads the message after the commit.
     # psycopg forgets its statements and their counts on each ROLLBACK.
-    client = make_app(databases.urls(True), BEHIND_POOLER=False).test_client()
+    client = app_on(databases.urls(True), BEHIND_POOLER=False).test_client()
     for number in range(10):
         assert client.get("/messages").status_code == 200
         if database == "DATABASE_URL":
@@ -450,10 +450,10 @@ def in_a_request(app, statement):
 @pytest.mark.parametrize("state", SESSION_STATE)
 @pytest.mark.parametrize("through_pgbouncer", [False, True])
 def test_session_state_does_not_follow_the_app_through_pgbouncer(
-    state, through_pgbouncer, databases, make_app
+    state, through_pgbouncer, databases, app_on
 ):
     make_state, find_state = SESSION_STATE[state]
-    app = make_app(databases.urls(through_pgbouncer), BEHIND_POOLER=through_pgbouncer)
+    app = app_on(databases.urls(through_pgbouncer), BEHIND_POOLER=through_pgbouncer)
     in_a_request(app, make_state)
 
     if not through_pgbouncer:
@@ -472,8 +472,8 @@ def test_session_state_does_not_follow_the_app_through_pgbouncer(
         holder.close()
 
 
-def test_set_local_lasts_one_transaction_and_leaves_nothing_behind(databases, make_app):
-    app = make_app(databases.urls(True), BEHIND_POOLER=True)
+def test_set_local_lasts_one_transaction_and_leaves_nothing_behind(databases, app_on):
+    app = app_on(databases.urls(True), BEHIND_POOLER=True)
     make_state, find_state = SESSION_STATE["SET"]
     with app.test_request_context():
         session = app.extensions["session"]()
@@ -507,9 +507,9 @@ def test_set_local_lasts_one_transaction_and_leaves_nothing_behind(databases, ma
     ],
 )
 def test_a_restart_between_requests(
-    restart, through_pgbouncer, pre_ping, statuses, server, databases, make_app
+    restart, through_pgbouncer, pre_ping, statuses, server, databases, app_on
 ):
-    app = make_app(
+    app = app_on(
         databases.urls(through_pgbouncer),
         BEHIND_POOLER=through_pgbouncer,
         ENGINE_OPTIONS={"pool_pre_ping": pre_ping},
