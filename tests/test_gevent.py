@@ -18,10 +18,6 @@ at once, queries running at once) and never time: requests_per_second is
 there for the failure message.
 """
 
-import os
-import subprocess
-import sys
-import threading
 import time
 from typing import NamedTuple
 
@@ -29,11 +25,9 @@ import pytest
 import requests
 from sqlalchemy.engine import make_url
 
-from testbed import ROOT
-from testbed.loopback import free_port
-from testbed.loopback import wait_for_http
+from testbed.gunicorn import Gunicorn
 from testbed.postgres import HOW_TO_GET_POSTGRES
-from testbed.stopping import stop_process
+from testbed.threads import run_in_threads
 from testbed.watchers import QueryWatcher
 
 from .conftest import skip_or_fail
@@ -94,32 +88,26 @@ def get_from_clients(url, seconds):
     Return the answers, as (status, JSON body or text) or (None, why there
     was none), and the seconds until the last came back.
     """
-    answers = []
-    lock = threading.Lock()
     started = time.monotonic()
-    deadline = started + seconds
 
-    def client():
+    def client(number, stop):
+        answers = []
         with requests.Session() as http:
             for _ in range(REQUESTS_EACH):
-                if time.monotonic() > deadline:
-                    return
+                if stop.is_set():
+                    break
                 try:
                     response = http.get(url, timeout=30)
                 except requests.RequestException as error:
-                    answer = (None, repr(error))
-                else:
-                    is_json = response.headers.get("Content-Type") == "application/json"
-                    body = response.json() if is_json else response.text
-                    answer = (response.status_code, body)
-                with lock:
-                    answers.append(answer)
+                    answers.append((None, repr(error)))
+                    continue
+                is_json = response.headers.get("Content-Type") == "application/json"
+                body = response.json() if is_json else response.text
+                answers.append((response.status_code, body))
+        return answers
 
-    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    per_client = run_in_threads(client, CLIENTS, seconds=seconds)
+    answers = [answer for each in per_client for answer in each]
     return answers, time.monotonic() - started
 
 
@@ -131,30 +119,22 @@ def errors_in(answers):
 def measure(server, database_url, options, log_path):
     """Serve step 4 under gunicorn's gevent worker with ``options``, load it
     through /gevent/session and then /gevent/query, and stop it."""
-    url = f"http://127.0.0.1:{free_port()}"
-    command = [
-        *(sys.executable, "-m", "gunicorn", "--worker-class", "gevent"),
-        *("--workers", "1", "--worker-connections", str(GREENLETS), *options),
-        *("--bind", url.removeprefix("http://"), "tests.gevent_app:app"),
-    ]
-    with open(log_path, "wb") as log:
-        gunicorn = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env={**os.environ, "DATABASE_URL": database_url},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for_http(url, gunicorn, log_path=log_path)
+    with Gunicorn(
+        "tests.gevent_app:app",
+        [
+            *("--worker-class", "gevent", "--workers", "1"),
+            *("--worker-connections", str(GREENLETS), *options),
+        ],
+        {"DATABASE_URL": database_url},
+        log_path,
+    ) as gunicorn:
+        url = gunicorn.url
         setup = requests.get(url + "/gevent/setup", timeout=30).json()
         session_answers, _ = get_from_clients(url + "/gevent/session", SESSION_SECONDS)
         with ActiveQueries(server, database_url) as active:
             query_answers, seconds = get_from_clients(
                 url + "/gevent/query", QUERY_SECONDS
             )
-    finally:
-        stop_process(gunicorn)
     answered = len(query_answers) - len(errors_in(query_answers))
     return Measurement(
         wait=setup["wait"],
@@ -166,7 +146,7 @@ def measure(server, database_url, options, log_path):
         most_queries_at_once=active.most,
         requests_per_second=answered / seconds,
         errors=errors_in(session_answers) + errors_in(query_answers),
-        log=log_path.read_text(errors="replace"),
+        log=gunicorn.log(),
     )
 
 

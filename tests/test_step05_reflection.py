@@ -21,8 +21,7 @@ from sqlalchemy.ext.automap import automap_base
 
 from testbed import ROOT
 from testbed.fork import in_forked_child
-from testbed.loopback import free_port
-from testbed.loopback import wait_for_http
+from testbed.gunicorn import Gunicorn
 
 from .steps import import_step
 from .steps import pool_status
@@ -227,24 +226,11 @@ def test_gunicorn_preload_maps_the_models_in_the_master_before_fork(
     step, inherited, make_app, databases_for
 ):
     make_app(step)
-    url = f"http://127.0.0.1:{free_port()}"
-    gunicorn = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "gunicorn", "--preload", "--workers", "2"),
-            # The bare app factory: no query at startup but reflection's.
-            *("--bind", url.removeprefix("http://"), f"{step}:create_app()"),
-        ],
-        cwd=ROOT,
-        env={**os.environ, **databases_for(step)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_http(url, gunicorn)
-        workers = worker_answers(url, gunicorn, served=True)
-    finally:
-        gunicorn.terminate()
-        gunicorn.wait(timeout=30)
+    # The bare app factory: no query at startup but reflection's.
+    with Gunicorn(
+        f"{step}:create_app()", ["--preload", "--workers", "2"], databases_for(step)
+    ) as gunicorn:
+        workers = worker_answers(gunicorn, served=True)
 
     assert len(workers) == 2
     for worker in workers.values():

@@ -20,10 +20,7 @@ import contextlib
 import dataclasses
 import http.client
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
@@ -33,14 +30,12 @@ import requests
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from testbed import ROOT
+from testbed.gunicorn import Gunicorn
 from testbed.loopback import free_port
-from testbed.loopback import wait_for_http
 from testbed.postgres import HOW_TO_GET_POSTGRES
 from testbed.postgres import Cluster
 from testbed.postgres import find_binaries
 from testbed.step_apps import initialize_databases
-from testbed.stopping import stop_process_group
 
 from .conftest import skip_or_fail
 from .steps import import_step
@@ -143,27 +138,15 @@ def serve_under_load(step, cluster, database_url, load, folder, until=None):
 @contextlib.contextmanager
 def gunicorn_preload(step, database_url, log_path):
     """Run the step's wsgi.py under gunicorn --preload; yield its URL."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with open(log_path, "wb") as log:
-        gunicorn = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "gunicorn", "--preload", "--workers", "2"),
-                *("--bind", f"127.0.0.1:{port}", f"{step}.wsgi:app"),
-            ],
-            cwd=ROOT,
-            env={**os.environ, "DATABASE_URL": database_url},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            # A group of its own, so that its workers stop with it, even one
-            # that hangs on a read.
-            process_group=0,
-        )
-    try:
-        wait_for_http(url, gunicorn, log_path=log_path)
-        yield url
-    finally:
-        stop_process_group(gunicorn)
+    with Gunicorn(
+        f"{step}.wsgi:app",
+        ["--preload", "--workers", "2"],
+        {"DATABASE_URL": database_url},
+        log_path,
+        # Its workers stop with it, even one that hangs on a read.
+        process_group=True,
+    ) as gunicorn:
+        yield gunicorn.url
 
 
 def one_request_per_worker(url):

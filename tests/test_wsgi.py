@@ -6,8 +6,6 @@ inherited connection and open none of their own; step 4's each open theirs.
 """
 
 import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -15,9 +13,7 @@ import requests
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from testbed import ROOT
-from testbed.loopback import free_port
-from testbed.loopback import wait_for_http
+from testbed.gunicorn import Gunicorn
 from testbed.step_apps import databases_in
 from testbed.step_apps import initialize_databases
 
@@ -45,34 +41,19 @@ def test_preloaded_workers_open_connections_of_their_own_from_step_4_on(
 ):
     env = {**os.environ, "DATABASE_URL": database_url}
     initialize_databases(import_step(step).create_app, databases_in(env))
-    url = f"http://127.0.0.1:{free_port()}"
-    gunicorn = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "gunicorn", "--preload", "--workers", "2"),
-            *("--bind", url.removeprefix("http://"), f"{step}.wsgi:app"),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_http(url, gunicorn)
+    with Gunicorn(f"{step}.wsgi:app", ["--preload", "--workers", "2"], env) as gunicorn:
         # The first worker may answer before the second is ready to serve.
-        assert len(worker_answers(url, gunicorn)) == 2
+        assert len(worker_answers(gunicorn)) == 2
         # Step 3's workers share the master's socket, and two requests at
         # once on it would corrupt its traffic (that is the bug), so step 3
         # gets one request at a time; step 4's, several, so both work.
         at_once = 1 if connections_of_its_own == 0 else 4
         with ThreadPoolExecutor(max_workers=at_once) as executor:
-            statuses = list(executor.map(get_messages, [url] * 40))
+            statuses = list(executor.map(get_messages, [gunicorn.url] * 40))
         assert statuses == [200] * 40
-        workers = worker_answers(url, gunicorn)
+        workers = worker_answers(gunicorn)
         if backend == "postgresql":
             server_connections = count_connections(request, database_url)
-    finally:
-        gunicorn.terminate()
-        gunicorn.wait(timeout=30)
 
     for worker in workers.values():
         # The master's connection is counted in every worker's copy.
