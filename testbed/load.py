@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import requests
 
-from .threads import run_in_threads
+from .threads import in_threads
 
 
 class Answer(NamedTuple):
@@ -58,7 +58,7 @@ def requests_from_threads(
                 time.sleep(pause)
         return answers
 
-    return run_in_threads(work, threads)
+    return in_threads(work, threads)
 
 
 def send_load(urls, clients, requests_each, path="/messages", stop=None, timeout=30):
@@ -96,5 +96,5 @@ def send_load(urls, clients, requests_each, path="/messages", stop=None, timeout
             answers.append(answer)
         return answers
 
-    per_client = run_in_threads(client, clients, stop)
+    per_client = in_threads(client, clients, stop)
     return [answer for answers in per_client for answer in answers]

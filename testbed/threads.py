@@ -4,7 +4,7 @@ import threading
 import time
 
 
-def run_in_threads(work, count, stop=None, seconds=None):
+def in_threads(work, count, stop=None, seconds=None):
     """Run ``work(number, stop)`` in ``count`` threads at once; return what
     each returned, in the order of ``number``, 0 to ``count - 1``.
 
@@ -49,5 +49,5 @@ def run_in_threads(work, count, stop=None, seconds=None):
 
 def run_in_new_thread(function):
     """Run ``function`` in a new thread, wait for it, and return its result."""
-    [result] = run_in_threads(lambda number, stop: function(), 1)
+    [result] = in_threads(lambda number, stop: function(), 1)
     return result

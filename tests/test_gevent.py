@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 
 from testbed.gunicorn import Gunicorn
 from testbed.postgres import HOW_TO_GET_POSTGRES
-from testbed.threads import run_in_threads
+from testbed.threads import in_threads
 from testbed.watchers import QueryWatcher
 
 from .conftest import skip_or_fail
@@ -106,7 +106,7 @@ def get_from_clients(url, seconds):
                 answers.append((response.status_code, body))
         return answers
 
-    per_client = run_in_threads(client, CLIENTS, seconds=seconds)
+    per_client = in_threads(client, CLIENTS, seconds=seconds)
     answers = [answer for each in per_client for answer in each]
     return answers, time.monotonic() - started
 

@@ -17,8 +17,8 @@ import flask
 import pytest
 
 from testbed.load import requests_from_threads
+from testbed.threads import in_threads
 from testbed.threads import run_in_new_thread
-from testbed.threads import run_in_threads
 
 from .steps import STEPS
 from .steps import pool_status
@@ -118,7 +118,7 @@ def test_mixed_concurrent_load_loses_nothing_and_answers_no_5xx(
     sqlite_waits = {"connect_args": {"timeout": 30}} if backend == "sqlite" else {}
     app = make_app(step, engine_options=sqlite_waits)
 
-    outcomes = run_in_threads(
+    outcomes = in_threads(
         lambda number, stop: mixed_load(app, seed=number, stop=stop), THREADS
     )
 
