@@ -22,6 +22,7 @@ from sqlalchemy.ext.automap import automap_base
 from testbed import ROOT
 from testbed.fork import in_forked_child
 from testbed.gunicorn import Gunicorn
+from testbed.step_apps import dispose_engines
 
 from .steps import import_step
 from .steps import pool_status
@@ -102,7 +103,7 @@ def test_before_init_db_the_app_starts_and_its_api_names_init_db(
     assert page.status_code == 503
     assert f"flask --app {step} init-db" in page.get_data(as_text=True)
     assert pool_status(client)["checked_out"] == 0
-    app.extensions["engine"].dispose()
+    dispose_engines(app)
 
 
 def test_before_init_db_step_4_answers_the_databases_own_error(database_url):
@@ -118,7 +119,7 @@ def test_before_init_db_step_4_answers_the_databases_own_error(database_url):
     error = response.get_json()["error"]
     assert "init-db" not in error
     assert "no such table" in error or "does not exist" in error
-    client.application.extensions["engine"].dispose()
+    dispose_engines(client.application)
 
 
 def test_once_init_db_has_run_the_same_app_serves_without_a_restart(step, database_url):
@@ -138,7 +139,7 @@ def test_once_init_db_has_run_the_same_app_serves_without_a_restart(step, databa
 
     assert client.post("/messages", json={"text": "now"}).status_code == 201
     assert [m["text"] for m in client.get("/messages").get_json()] == ["now"]
-    app.extensions["engine"].dispose()
+    dispose_engines(app)
 
 
 @pytest.mark.parametrize(

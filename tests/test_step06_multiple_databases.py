@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.pool import NullPool
 
 from testbed.fork import in_forked_child
+from testbed.step_apps import dispose_engines
 
 from .faults import lose_connection_before
 from .instance_folder import keep_out_of_the_instance_folder
@@ -215,8 +216,7 @@ def test_the_audit_database_url_is_read_from_the_environment(
     app = import_step(step).create_app()
 
     assert pool_status(app.test_client())["audit"]["url"].endswith("elsewhere.sqlite")
-    for engine in app.extensions["engines"].values():
-        engine.dispose()
+    dispose_engines(app)
 
 
 def test_a_forked_child_gets_fresh_pools_for_both_databases(step, make_app):
@@ -250,8 +250,7 @@ def test_when_the_audit_database_is_unreachable_requests_answer_503(step, databa
     assert response.status_code == 503
     assert response.get_json()["error"].startswith("database unavailable (")
     assert pool_status(client)["checked_out"] == 0
-    for engine in app.extensions["engines"].values():
-        engine.dispose()
+    dispose_engines(app)
 
 
 # What one commit() over two databases makes atomic, and what it does not.

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from testbed import ROOT
+from testbed.step_apps import dispose_engines
 from testbed.threads import run_in_new_thread
 
 from .steps import import_step
@@ -376,8 +377,7 @@ def test_the_example_tests_pass_and_leave_the_databases_empty(step, databases_fo
     assert "4 passed" in run.stdout
     app = import_step(step).create_app(databases)
     assert committed(app) == NOTHING
-    for engine in app.extensions["engines"].values():
-        engine.dispose()
+    dispose_engines(app)
 
 
 def test_ddl_inside_the_block_is_rolled_back_too_on_sqlite_and_postgresql(

@@ -14,6 +14,7 @@ from sqlalchemy.orm.exc import DetachedInstanceError
 from sqlalchemy.pool import StaticPool
 
 from testbed import ROOT
+from testbed.step_apps import dispose_engines
 from testbed.threads import run_in_new_thread
 
 from .steps import STEPS
@@ -72,7 +73,7 @@ def test_in_memory_sqlite_is_a_database_per_connection(step):
     assert elsewhere.status_code == 503
     assert "no such table: messages" in elsewhere.get_json()["error"]
     app.extensions["session"].remove()
-    app.extensions["engine"].dispose()
+    dispose_engines(app)
 
 
 @pytest.mark.parametrize(
@@ -105,7 +106,7 @@ def test_in_memory_sqlite_shared_by_threads_needs_one_static_connection(
             return str(error)
 
     assert elsewhere_sees in run_in_new_thread(read_elsewhere)
-    app.extensions["engine"].dispose()
+    dispose_engines(app)
 
 
 @pytest.mark.parametrize("step", steps_from("step04_pooling"))
