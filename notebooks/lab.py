@@ -16,7 +16,6 @@ import shutil
 import signal
 import tempfile
 import textwrap
-import threading
 import time
 
 import matplotlib.pyplot as plt
@@ -29,6 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.pool import NullPool
 
 from testbed.step_apps import initialize_databases
+from testbed.watchers import Sampler
 
 _folder = tempfile.mkdtemp(prefix="flask-sqlalchemy-notebook-")
 atexit.register(shutil.rmtree, _folder, ignore_errors=True)
@@ -226,28 +226,26 @@ def grouped_bar_chart(groups, title, ylabel):
     plt.show()
 
 
-class PoolSampler:
+class PoolSampler(Sampler):
     """Sample ``checked_out`` of an engine's pool in a thread of its own.
 
     Use it as a context manager; ``mark(label)`` notes a moment to draw.
     """
 
     def __init__(self, engine, interval=0.01):
+        super().__init__(interval)
         self.engine = engine
-        self.interval = interval
         self.samples = []
         self.marks = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def __enter__(self):
         self.started = time.monotonic()
-        self._thread.start()
-        return self
+        return super().__enter__()
 
     def __exit__(self, *exc_info):
-        self._stop.set()
-        self._thread.join()
+        super().__exit__(*exc_info)
+        # One more as the block ends.
+        self.sample()
 
     def now(self):
         """Return the seconds since sampling started."""
@@ -261,10 +259,7 @@ class PoolSampler:
         """Return how many connections are checked out right now."""
         return self.engine.pool.checkedout()
 
-    def _sample(self):
-        while not self._stop.is_set():
-            self.samples.append((self.now(), self.checked_out()))
-            time.sleep(self.interval)
+    def sample(self):
         self.samples.append((self.now(), self.checked_out()))
 
     def draw(self, title, failures=()):
