@@ -1,8 +1,9 @@
 """PostgreSQL: a throwaway cluster of its own, or a server you already have.
 
-The harness starts its own cluster (initdb and pg_ctl into a temporary
-folder, on a free loopback port) unless TEST_POSTGRES_URL names a server on
-which the tests may create databases. Each test gets a database of its own.
+A Cluster is initdb and pg_ctl into a temporary folder, on a free loopback
+port; a Server is one you already have (the tests take TEST_POSTGRES_URL's,
+a server on which they may create databases). Each test gets a database of
+its own (create_database).
 A cluster started with ``tls=True`` accepts TLS, with a certificate made for
 the run, and its URLs ask for it (tls_query).
 
@@ -32,7 +33,7 @@ from sqlalchemy.pool import NullPool
 from .command import run_with_servers
 from .loopback import free_port
 
-# How many empty databases the harness creates at a time (create_database).
+# How many empty databases a Server creates at a time (create_database).
 SPARE_DATABASES = 8
 
 HOW_TO_GET_POSTGRES = (
@@ -126,14 +127,14 @@ class Server:
 
 
 class Cluster(Server):
-    """A cluster of the harness's own, in a temporary folder, on loopback."""
+    """A cluster of its own, in a temporary folder, on loopback."""
 
     can_stop = True
 
     def __init__(self, bindir, port, settings=None, tls=False):
         self.bindir = bindir
         self.port = port
-        # Server settings over the harness's own: step 8's drills need a
+        # Server settings over those of start(): step 8's drills need a
         # small max_connections.
         self.settings = settings or {}
         self.folder = tempfile.mkdtemp(prefix="flask-sqlalchemy-postgres-")
