@@ -58,10 +58,8 @@ def parse_arguments():
         help="skip step 8's instances on one small PostgreSQL, with and without"
         " PgBouncer (python -m bench.scale_out)",
     )
-    parser.add_argument("--rounds", type=int, help="in-process rounds (15)")
-    parser.add_argument(
-        "--requests", type=int, help="requests per case and round (200)"
-    )
+    parser.add_argument("--rounds", type=int, help="in-process rounds (300)")
+    parser.add_argument("--requests", type=int, help="requests per case and round (10)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (2)")
     parser.add_argument("--threads", type=int, default=4, help="threads per worker (4)")
     parser.add_argument(
@@ -119,8 +117,8 @@ def main():
     """Run every measurement the command line asks for; write the outputs."""
     arguments = parse_arguments()
     quick = arguments.quick
-    arguments.rounds = arguments.rounds or (3 if quick else 15)
-    arguments.requests = arguments.requests or (20 if quick else 200)
+    arguments.rounds = arguments.rounds or (30 if quick else 300)
+    arguments.requests = arguments.requests or (2 if quick else 10)
     arguments.seconds = arguments.seconds or (1 if quick else 5)
     # A safety cap: each level ends by its duration long before.
     arguments.requests_under_load = 200_000
