@@ -17,6 +17,7 @@ from tests.postgres import find_binaries
 from tests.support import free_port
 
 from . import per_test
+from . import pid_check
 from . import report
 from . import scale_out
 from .apps import BASELINE
@@ -82,6 +83,10 @@ def measure(backend, url, arguments):
         clients, path, arguments.requests, arguments.rounds, baseline=BASELINE
     )
     result = {"backend": backend, "path": path, "in_process": timings}
+    step4 = clients["step04_pooling"].application
+    result["pid check"] = pid_check.measure(
+        step4, path, timings["step04_pooling"]["µs per request"], arguments.quick
+    )
     if not arguments.no_load:
         result["load"] = load_test(
             url,
