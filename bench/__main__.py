@@ -17,6 +17,7 @@ from testbed.postgres import Cluster
 from testbed.postgres import find_binaries
 
 from . import per_test
+from . import pid_check
 from . import report
 from . import scale_out
 from .apps import BASELINE
@@ -58,10 +59,8 @@ def parse_arguments():
         help="skip step 8's instances on one small PostgreSQL, with and without"
         " PgBouncer (python -m bench.scale_out)",
     )
-    parser.add_argument("--rounds", type=int, help="in-process rounds (15)")
-    parser.add_argument(
-        "--requests", type=int, help="requests per case and round (200)"
-    )
+    parser.add_argument("--rounds", type=int, help="in-process rounds (300)")
+    parser.add_argument("--requests", type=int, help="requests per case and round (10)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (2)")
     parser.add_argument("--threads", type=int, default=4, help="threads per worker (4)")
     parser.add_argument(
@@ -84,6 +83,10 @@ def measure(backend, url, arguments):
         clients, path, arguments.requests, arguments.rounds, baseline=BASELINE
     )
     result = {"backend": backend, "path": path, "in_process": timings}
+    step4 = clients["step04_pooling"].application
+    result["pid check"] = pid_check.measure(
+        step4, path, timings["step04_pooling"]["µs per request"], arguments.quick
+    )
     if not arguments.no_load:
         result["load"] = load_test(
             url,
@@ -118,8 +121,8 @@ def main():
     """Run every measurement the command line asks for; write the outputs."""
     arguments = parse_arguments()
     quick = arguments.quick
-    arguments.rounds = arguments.rounds or (3 if quick else 15)
-    arguments.requests = arguments.requests or (20 if quick else 200)
+    arguments.rounds = arguments.rounds or (30 if quick else 300)
+    arguments.requests = arguments.requests or (2 if quick else 10)
     arguments.seconds = arguments.seconds or (1 if quick else 5)
     # A safety cap: each level ends by its duration long before.
     arguments.requests_under_load = 200_000

@@ -93,21 +93,6 @@ def step04_without_pre_ping(url, message):
     )
 
 
-class NoForkCheck:
-    """A PoolOwner that checks nothing: step 4's fork safety as it was, an
-    os.register_at_fork hook, which runs at fork and costs no request."""
-
-    def claim(self):
-        """Check nothing."""
-
-
-def step04_fork_hook_as_it_was(url, message):
-    """Step 4 without the pid check on each use of the pool."""
-    app = step04_pooling.create_app({"DATABASE_URL": url})
-    app.extensions["pool_owner"] = NoForkCheck()
-    return app
-
-
 def bare_scoped_session(url, message, **engine_options):
     """The article's technique in ten lines, with step 4's engine options."""
     engine = create_engine(url, **(engine_options or POOL_DEFAULTS))
@@ -198,7 +183,6 @@ CASES = {
     "step03_teardown": step("step03_teardown"),
     "step04_pooling": step("step04_pooling"),
     "step04, pre-ping off": step04_without_pre_ping,
-    "step04, fork hook as it was": step04_fork_hook_as_it_was,
     "bare scoped_session": bare_scoped_session,
     "Flask-SQLAlchemy 3.1": flask_sqlalchemy,
     "Flask-SQLAlchemy-Lite": flask_sqlalchemy_lite,

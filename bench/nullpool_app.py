@@ -3,23 +3,23 @@
     gunicorn 'bench.nullpool_app:create_app_with_nullpool()'
 
 Every checkout opens a new connection to PgBouncer and every return closes
-it. NullPool takes none of QueuePool's settings, so the step's pool
-defaults give way; BEHIND_POOLER's still apply.
+it. NullPool takes none of QueuePool's sizes or its timeout: None removes
+those of the step's pool defaults. BEHIND_POOLER's defaults still apply.
 """
 
 from sqlalchemy.pool import NullPool
 
-import step08_pgbouncer.db
 from step08_pgbouncer import create_app
+
+# The step's own option: None removes one of its pool defaults.
+NULLPOOL_OPTIONS = {
+    "poolclass": NullPool,
+    "pool_size": None,
+    "max_overflow": None,
+    "pool_timeout": None,
+}
 
 
 def create_app_with_nullpool(test_config=None):
     """Create step 8's app with NullPool for both engines."""
-    saved = step08_pgbouncer.db.POOL_DEFAULTS
-    step08_pgbouncer.db.POOL_DEFAULTS = {}
-    try:
-        return create_app(
-            {"ENGINE_OPTIONS": {"poolclass": NullPool}, **(test_config or {})}
-        )
-    finally:
-        step08_pgbouncer.db.POOL_DEFAULTS = saved
+    return create_app({"ENGINE_OPTIONS": NULLPOOL_OPTIONS, **(test_config or {})})

@@ -180,7 +180,7 @@ def line_chart(series, xlabel, title, ylabel="connections"):
     plt.show()
 
 
-def bar_chart(timings, title, ylabel="µs per request (median)", log=False):
+def bar_chart(timings, title, ylabel="µs per request (fastest)", log=False):
     """Draw what time_per_request() measured, with each ratio over its bar.
 
     With ``log=True`` the axis is logarithmic, for cases that differ by
