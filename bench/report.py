@@ -8,10 +8,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .apps import BASELINE  # noqa: E402
 
-# Differences smaller than this are within what repeated runs move by: on
-# a busy 2-core machine, six runs moved step 4's ratios to the bare app and
-# to Flask-SQLAlchemy by 0.02 to 0.03; on PostgreSQL by 0.05 once, in the run
-# whose median request took six times its fastest.
+# Differences smaller than this are within what repeated runs move by, or
+# nearly: on a busy 2-core machine, runs in one process and in fresh ones
+# moved step 4's ratios to the bare app and to Flask-SQLAlchemy by up to
+# 0.03 on SQLite, and by 0.05 to 0.07 on PostgreSQL.
 NOISE = 0.02
 
 
