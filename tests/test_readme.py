@@ -115,6 +115,32 @@ def test_the_survival_figures_are_those_of_the_tests():
     assert f"{total:,} requests in all" in README
 
 
+def test_step_4s_ratios_and_pid_check_are_those_of_the_reference_run():
+    results = json.loads((ROOT / "bench" / "results" / "results.json").read_text())
+    by_backend = {backend["backend"]: backend for backend in results["backends"]}
+    section = README.split("## The benchmark")[1].split("## Do you need")[0]
+    text = " ".join(section.split())
+
+    def over(backend, name):
+        timings = by_backend[backend]["in_process"]
+        step4 = timings["step04_pooling"]["µs per request"]
+        return f"{step4 / timings[name]['µs per request']:.3f}×"
+
+    for name in ("bare scoped_session", "Flask-SQLAlchemy 3.1"):
+        assert f"{over('sqlite', name)} on SQLite" in text, name
+        assert f"{over('postgresql', name)} on PostgreSQL" in text, name
+    sqlite, postgresql = by_backend["sqlite"], by_backend["postgresql"]
+    pid_check = sqlite["pid check"]
+    assert pid_check["claim() calls per request"] == 2
+    assert f"and a comparison: {pid_check['µs per claim()']:.2f} µs" in text
+    assert f"That is {pid_check['µs per request']:.1f} µs" in text
+    shares = [
+        backend["pid check"]["share of step 4's request"]
+        for backend in (sqlite, postgresql)
+    ]
+    assert f"{shares[0]:.2%} of step 4's request on SQLite and {shares[1]:.2%}" in text
+
+
 def test_the_load_figures_are_those_of_the_reference_run():
     results = json.loads((ROOT / "bench" / "results" / "results.json").read_text())
     [postgresql] = [b for b in results["backends"] if b["backend"] == "postgresql"]
