@@ -9,6 +9,7 @@ import gc
 import os
 import time
 import weakref
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy.pool import NullPool
@@ -158,6 +159,16 @@ def test_a_forked_child_opens_its_own_connection(step, child_connects, make_app)
     assert child["pool"]["connects_in_this_process"] == child_connects - 1
 
 
+@contextmanager
+def a_request_whose_session_holds_a_connection(app, db):
+    """Run a request whose Session holds a connection, and yield the Session:
+    the moment a request that starts a multiprocessing worker forks."""
+    with app.test_request_context("/messages"):
+        session = db.get_session()
+        session.connection()
+        yield session
+
+
 @pytest.mark.parametrize(
     ("step", "same_session"),
     [("step03_teardown", True), *((step, False) for step in STEPS_WITH_POOLING)],
@@ -167,11 +178,7 @@ def test_a_child_forked_during_a_request_starts_a_session_of_its_own(
 ):
     app = make_app(step)
     db = import_step(step).db
-    with app.test_request_context("/messages"):
-        # The request's Session holds a connection when the process forks,
-        # as a request that starts a multiprocessing worker does.
-        parent_session = db.get_session()
-        parent_session.connection()
+    with a_request_whose_session_holds_a_connection(app, db) as parent_session:
 
         def in_the_child():
             session = db.get_session()
@@ -206,9 +213,7 @@ def test_a_childs_first_teardown_leaves_the_inherited_session_unclosed(
 ):
     app = make_app(step)
     db = import_step(step).db
-    with app.test_request_context("/messages"):
-        parent_session = db.get_session()
-        parent_session.connection()
+    with a_request_whose_session_holds_a_connection(app, db) as parent_session:
 
         def tear_down_in_the_child():
             # An app context of the child's own (a CLI command, a job) that
