@@ -19,6 +19,7 @@ there for the failure message.
 """
 
 import time
+from datetime import timedelta
 from typing import NamedTuple
 
 import pytest
@@ -40,27 +41,52 @@ CLIENTS = 40
 # Each client stops at this many requests, or once the phase's time is up.
 REQUESTS_EACH = 100
 SESSION_SECONDS = 0.5
-QUERY_SECONDS = 2
+LOAD_SECONDS = 2
+# What /gevent/query runs (tests/gevent_app.py, word for word), and how
+# long it lasts.
+QUERY = "SELECT pg_sleep(0.1)"
+QUERY_SECONDS = 0.1
 
 # Patches before gunicorn loads anything of the app's.
 PATCHED_CONFIG = "tests/gunicorn_gevent_patched.conf.py"
 
 
 class ActiveQueries(QueryWatcher):
-    """Sample how many server connections to a database run a query at once."""
+    """Sample which server connections to a database run the test's query,
+    and count the most query runs that overlapped.
+
+    A sample's count of active rows is not enough: pg_stat_activity reads
+    the backends one after another, so one sample can see a query that has
+    just ended and the next one, on another connection, that has just
+    begun (CI once counted 2 where one ran at a time). Each run is told by
+    its connection and its start instead, and lasts at least QUERY_SECONDS:
+    two runs overlap when they started less than that apart.
+    """
 
     def __init__(self, server, database_url, interval=0.005):
         super().__init__(
             server.admin_engine(),
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = :name AND state = 'active'",
-            {"name": make_url(database_url).database},
+            "SELECT pid, query_start FROM pg_stat_activity"
+            " WHERE datname = :name AND state = 'active' AND query = :query",
+            {"name": make_url(database_url).database, "query": QUERY},
             interval,
         )
-        self.most = 0
+        self.runs = set()
 
     def record(self, rows):
-        self.most = max(self.most, rows[0][0])
+        self.runs.update((pid, started) for pid, started in rows)
+
+    @property
+    def most(self):
+        """The most runs under way at one moment."""
+        starts = sorted(started for _, started in self.runs)
+        shortest_run = timedelta(seconds=QUERY_SECONDS)
+        most = first = 0
+        for last, started in enumerate(starts):
+            while started - starts[first] >= shortest_run:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
 
 
 class Measurement(NamedTuple):
@@ -133,7 +159,7 @@ def measure(server, database_url, options, log_path):
         session_answers, _ = get_from_clients(url + "/gevent/session", SESSION_SECONDS)
         with ActiveQueries(server, database_url) as active:
             query_answers, seconds = get_from_clients(
-                url + "/gevent/query", QUERY_SECONDS
+                url + "/gevent/query", LOAD_SECONDS
             )
     answered = len(query_answers) - len(errors_in(query_answers))
     return Measurement(
