@@ -8,9 +8,6 @@ Multiprocessing or os.fork()".
 
 import json
 import os
-import subprocess
-import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,11 +20,12 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 
-from testbed import ROOT
+import step04_pooling
 from testbed.fork import in_forked_child
+from testbed.gunicorn import Gunicorn
 from testbed.load import requests_from_threads
-from testbed.loopback import free_port
-from testbed.loopback import wait_for_http
+from testbed.step_apps import initialize_databases
+from testbed.watchers import QueryWatcher
 
 from .conftest import skip_or_fail
 from .preloading import preloaded_environment
@@ -67,6 +65,22 @@ def backend_pids(server, database_url):
             {"name": make_url(database_url).database},
         ).scalars()
         return set(pids)
+
+
+class ServerConnections(QueryWatcher):
+    """Sample how many server connections the test's database has."""
+
+    def __init__(self, server, database_url, interval=0.01):
+        super().__init__(
+            server.admin_engine(),
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = :name",
+            {"name": make_url(database_url).database},
+            interval,
+        )
+        self.most = 0
+
+    def record(self, rows):
+        self.most = max(self.most, rows[0][0])
 
 
 def wait_until_gone(server, database_url, pids):
@@ -351,32 +365,18 @@ def test_gunicorn_preload_workers_open_their_own_connections(
     server, database_url, tmp_path
 ):
     pid_file = tmp_path / "preload-backend.pid"
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "step04_pooling", "init-db"],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": database_url},
-        check=True,
-        timeout=60,
-    )
-    gunicorn = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "gunicorn", "--preload", "--workers", "2"),
-            *("--bind", f"127.0.0.1:{port}", "tests.preloaded_app:app"),
-        ],
-        cwd=ROOT,
-        env=preloaded_environment({"DATABASE_URL": database_url}, pid_file),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_http(url, gunicorn)
+    initialize_databases(step04_pooling.create_app, {"DATABASE_URL": database_url})
+    environment = preloaded_environment({"DATABASE_URL": database_url}, pid_file)
+    with Gunicorn(
+        "tests.preloaded_app:app", ["--preload", "--workers", "2"], environment
+    ) as gunicorn:
         master_backend = int(pid_file.read_text())
 
         # Concurrent requests, so that both workers answer some.
         with ThreadPoolExecutor(max_workers=4) as executor:
-            answers = list(executor.map(lambda _: get_and_pool(url), range(40)))
+            answers = list(
+                executor.map(lambda _: get_and_pool(gunicorn.url), range(40))
+            )
         assert {status for status, _ in answers} == {200}
         workers = {pool["pid"]: pool for _, pool in answers}
         assert len(workers) == 2
@@ -388,9 +388,6 @@ def test_gunicorn_preload_workers_open_their_own_connections(
         # The master's connection is still there, never used by a worker.
         assert master_backend in backends
         assert len(backends) >= 3
-    finally:
-        gunicorn.terminate()
-        gunicorn.wait(timeout=30)
 
 
 def get_and_pool(url):
@@ -407,25 +404,13 @@ def test_the_server_never_sees_more_than_pool_size_plus_max_overflow(
     make_app, server, database_url
 ):
     app = make_app("step04_pooling", engine_options={"pool_size": 2, "max_overflow": 1})
-    seen = []
-    done = threading.Event()
 
-    def watch():
-        while not done.is_set():
-            seen.append(len(backend_pids(server, database_url)))
-            time.sleep(0.01)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
+    with ServerConnections(server, database_url) as connections:
         outcomes = requests_from_threads(app, threads=12, requests_each=30)
-    finally:
-        done.set()
-        watcher.join()
 
     assert [len(outcome) for outcome in outcomes] == [30] * 12
     # Twelve threads wanted connections at once; the server saw 3 at most.
-    assert 2 <= max(seen) <= 3
+    assert 2 <= connections.most <= 3
 
 
 def test_a_checkout_that_waits_past_pool_timeout_answers_503(make_app):
