@@ -15,6 +15,7 @@ from testbed.pgbouncer import HOW_TO_GET_PGBOUNCER
 from testbed.pgbouncer import find_pgbouncer
 from testbed.postgres import Cluster
 from testbed.postgres import find_binaries
+from testbed.step_apps import close_app
 
 from . import per_test
 from . import pid_check
@@ -79,14 +80,22 @@ def measure(backend, url, arguments):
         answer = client.get(path)
         assert answer.status_code == 200, (name, answer.get_data(as_text=True))
         assert answer.get_json() == message, (name, answer.get_json())
-    timings = time_per_request(
-        clients, path, arguments.requests, arguments.rounds, baseline=BASELINE
-    )
-    result = {"backend": backend, "path": path, "in_process": timings}
-    step4 = clients["step04_pooling"].application
-    result["pid check"] = pid_check.measure(
-        step4, path, timings["step04_pooling"]["µs per request"], arguments.quick
-    )
+    try:
+        timings = time_per_request(
+            clients, path, arguments.requests, arguments.rounds, baseline=BASELINE
+        )
+        result = {"backend": backend, "path": path, "in_process": timings}
+        step4 = clients["step04_pooling"].application
+        result["pid check"] = pid_check.measure(
+            step4, path, timings["step04_pooling"]["µs per request"], arguments.quick
+        )
+    finally:
+        # Step 2 never removes its Session: left open, its connection would
+        # be reset as it is garbage-collected, after the server has stopped,
+        # and the log would show the failure.
+        for client in clients.values():
+            if "engines" in client.application.extensions:
+                close_app(client.application)
     if not arguments.no_load:
         result["load"] = load_test(
             url,

@@ -14,15 +14,17 @@ from flask import request
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import IntegerConverter
 
 from . import monitor
 from .models import MAX_TEXT_LENGTH
 
 bp = Blueprint("messages", __name__)
 
-MESSAGE_ID = "<int:message_id>"
 # The largest id an INTEGER column holds on every database.
 MAX_MESSAGE_ID = 2**31 - 1
+# A message id in a route's URL, read by MessageIdConverter.
+MESSAGE_ID = "<message_id:message_id>"
 # Every step package beside this one, for the page's navigation: found on
 # disk once, rather than imported, since no step depends on another.
 ALL_STEPS = sorted(
@@ -32,13 +34,25 @@ ALL_STEPS = sorted(
 )
 
 
-@bp.url_value_preprocessor
-def refuse_impossible_ids(endpoint, values):
-    """Answer 404 for an id larger than any message id can be."""
-    # Without this, the driver would raise on the number (SQLite: "Python
-    # int too large to convert") instead of simply finding no message.
-    if values and values["message_id"] > MAX_MESSAGE_ID:
-        message_not_found(values["message_id"])
+class MessageIdConverter(IntegerConverter):
+    """Read a message id from a URL; one larger than any id is not found."""
+
+    def to_python(self, value):
+        # Passed on, a larger id would make the driver raise (SQLite:
+        # "Python int too large to convert") instead of finding no message.
+        # Werkzeug's int(max=...) would answer 405 to PATCH and DELETE, since
+        # it fails after the method has matched; aborting here answers 404,
+        # as the URL is matched, which costs a request nothing measurable.
+        message_id = super().to_python(value)
+        if message_id > MAX_MESSAGE_ID:
+            message_not_found(message_id)
+        return message_id
+
+
+# Before the routes that use it: a blueprint runs these as it registers.
+bp.record_once(
+    lambda state: state.app.url_map.converters.update(message_id=MessageIdConverter)
+)
 
 
 def message_not_found(message_id):

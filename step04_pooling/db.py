@@ -69,14 +69,18 @@ def init_app(app):
 
 def get_engine():
     """Return the current app's engine, with a pool of this process's own."""
-    current_app.extensions["pool_owner"].claim()
-    return current_app.extensions["engine"]
+    extensions = current_app.extensions
+    extensions["pool_owner"].claim()
+    return extensions["engine"]
 
 
 def get_session():
     """Return the current thread's Session from the app's registry."""
-    current_app.extensions["pool_owner"].claim()
-    return current_app.extensions["session"]()
+    # One read through the current_app proxy: each read finds the app again,
+    # and this runs on every request.
+    extensions = current_app.extensions
+    extensions["pool_owner"].claim()
+    return extensions["session"]()
 
 
 class PoolOwner:
@@ -114,8 +118,9 @@ def remove_session(exception=None):
     # registry, so the thread's next request starts with a new Session. In
     # a forked child, claim() first, so as not to close a Session inherited
     # with the parent's connection: its rollback would go over their socket.
-    current_app.extensions["pool_owner"].claim()
-    sessions = current_app.extensions["session"]
+    extensions = current_app.extensions
+    extensions["pool_owner"].claim()
+    sessions = extensions["session"]
     try:
         sessions.remove()
     except Exception as error:

@@ -155,14 +155,18 @@ def create_engine_for(url, config):
 
 def get_session():
     """Return the current thread's Session from the app's registry."""
-    current_app.extensions["pool_owner"].claim()
-    return current_app.extensions["session"]()
+    # One read through the current_app proxy: each read finds the app again,
+    # and this runs on every request.
+    extensions = current_app.extensions
+    extensions["pool_owner"].claim()
+    return extensions["session"]()
 
 
 def get_models():
     """Return the current app's model classes, mapped from its database."""
-    current_app.extensions["pool_owner"].claim()
-    return current_app.extensions["models"].get()
+    extensions = current_app.extensions
+    extensions["pool_owner"].claim()
+    return extensions["models"].get()
 
 
 class ReflectedModels:
@@ -220,8 +224,9 @@ def remove_session(exception=None):
     # registry, so the thread's next request starts with a new Session. In
     # a forked child, claim() first, so as not to close a Session inherited
     # with the parent's connection: its rollback would go over their socket.
-    current_app.extensions["pool_owner"].claim()
-    sessions = current_app.extensions["session"]
+    extensions = current_app.extensions
+    extensions["pool_owner"].claim()
+    sessions = extensions["session"]
     try:
         sessions.remove()
     except Exception as error:
