@@ -68,7 +68,8 @@ notebooks: $(INSTALLED)
 strip-notebooks: $(INSTALLED)
 	$(STRIP_NOTEBOOKS) notebooks/*.ipynb
 
-# The benchmark, into bench/results; BENCH_ARGS=--quick for a short run.
+# The benchmark, into bench/results; BENCH_ARGS=--quick for a short run,
+# into bench/quick-results.
 bench: $(INSTALLED)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 

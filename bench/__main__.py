@@ -1,6 +1,5 @@
 """Run the benchmark and write its table, its JSON and its chart."""
 
-import argparse
 import json
 import pathlib
 import platform
@@ -24,6 +23,8 @@ from . import scale_out
 from .apps import BASELINE
 from .apps import CASES
 from .apps import prepare_database
+from .command_line import parse
+from .command_line import parser_for
 from .load import find_wrk
 from .load import load_test
 from .timing import time_per_request
@@ -33,15 +34,7 @@ CONCURRENCIES = [1, 8, 32, 64]
 
 def parse_arguments():
     """Read the command line."""
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument(
-        "--out", default="bench/results", help="folder of the outputs (bench/results)"
-    )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="a few rounds and a short load: checks that it runs, in under a minute",
-    )
+    parser = parser_for("python -m bench", __doc__)
     parser.add_argument(
         "--postgres-url",
         help="a PostgreSQL database to use (its tables are created); by default"
@@ -67,7 +60,7 @@ def parse_arguments():
     parser.add_argument(
         "--seconds", type=float, help="seconds per load level, at most (5)"
     )
-    return parser.parse_args()
+    return parse(parser)
 
 
 def measure(backend, url, arguments):

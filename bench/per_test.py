@@ -1,7 +1,7 @@
 """What it costs to give each test a clean database, three ways, on both backends.
 
     python -m bench.per_test            # into bench/results/per_test.*
-    python -m bench.per_test --quick    # a few rounds: checks that it runs
+    python -m bench.per_test --quick    # a few rounds, into bench/quick-results/
 
 Each case runs the same small test against step 7's app, a write and a
 read through the API, many times over, the cases taking turns round by
@@ -16,7 +16,6 @@ so every case proves it cleaned up after the test before.
   it, in both databases, with DELETE statements that commit.
 """
 
-import argparse
 import contextlib
 import json
 import logging
@@ -37,6 +36,7 @@ from testbed.postgres import Cluster
 from testbed.postgres import find_binaries
 from testbed.step_apps import dispose_engines
 
+from .command_line import run_part
 from .timing import CallAsClient
 from .timing import time_per_request
 
@@ -225,14 +225,7 @@ def run(out, quick):
 
 def main():
     """Read the command line, measure, and name the outputs."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.per_test", description=__doc__
-    )
-    parser.add_argument("--out", default="bench/results", help="the outputs' folder")
-    parser.add_argument("--quick", action="store_true", help="a few rounds only")
-    arguments = parser.parse_args()
-    for path in run(arguments.out, arguments.quick):
-        print(path)
+    run_part("python -m bench.per_test", __doc__, run)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 without PgBouncer in front.
 
     python -m bench.scale_out            # into bench/results/scale_out.*
-    python -m bench.scale_out --quick    # one short level: checks that it runs
+    python -m bench.scale_out --quick    # one short level, into bench/quick-results/
 
 Four instances of step 8 stand in for four hosts, each with two workers of
 four threads, against a PostgreSQL whose max_connections is 20 (17 for the
@@ -19,7 +19,6 @@ started afresh:
 A watcher samples pg_stat_activity for the app's server connections.
 """
 
-import argparse
 import json
 import pathlib
 import statistics
@@ -46,6 +45,7 @@ from testbed.step_apps import dispose_engines  # noqa: E402
 from testbed.step_apps import initialize_databases  # noqa: E402
 from testbed.watchers import ConnectionWatcher  # noqa: E402
 
+from .command_line import run_part  # noqa: E402
 from .load import BOUNDED_SCRIPT  # noqa: E402
 from .load import HOW_TO_GET_WRK  # noqa: E402
 from .load import find_wrk  # noqa: E402
@@ -354,14 +354,8 @@ def run(out, quick):
 
 
 def main():
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.scale_out", description=__doc__
-    )
-    parser.add_argument("--out", default="bench/results")
-    parser.add_argument("--quick", action="store_true")
-    arguments = parser.parse_args()
-    for path in run(arguments.out, arguments.quick):
-        print(path)
+    """Read the command line, measure, and name the outputs."""
+    run_part("python -m bench.scale_out", __doc__, run)
 
 
 if __name__ == "__main__":

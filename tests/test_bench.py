@@ -7,6 +7,10 @@ import sys
 import pytest
 
 from bench.apps import CASES  # noqa: I001
+from bench.command_line import QUICK_RESULTS
+from bench.command_line import REFERENCE_RESULTS
+from bench.command_line import parse
+from bench.command_line import parser_for
 from bench.load import HOW_TO_GET_WRK
 from bench.load import find_wrk
 from bench.scale_out import CASES as SCALE_OUT_CASES
@@ -53,6 +57,9 @@ def test_the_quick_benchmark_writes_a_table_json_and_a_chart(tmp_path):
         assert [row["concurrency"] for row in backend["load"]["rows"]] == [1, 8, 32, 64]
     for name in CASES:
         assert f"| {name} |" in table
+    # Too short to judge a goal by: it says so, and judges none.
+    assert "not the reference run" in table
+    assert "goals" not in table
     assert (tmp_path / "results.png").read_bytes().startswith(b"\x89PNG\r\n")
     # What a clean database costs per test, three ways, on both backends.
     per_test = json.loads((tmp_path / "per_test.json").read_text())
@@ -71,3 +78,19 @@ def test_the_quick_benchmark_writes_a_table_json_and_a_chart(tmp_path):
     scaled = json.loads((tmp_path / "scale_out.json").read_text())
     assert [row["case"] for row in scaled["rows"]] == list(SCALE_OUT_CASES)
     assert (tmp_path / "scale_out.png").read_bytes().startswith(b"\x89PNG\r\n")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "out"),
+    [
+        ([], REFERENCE_RESULTS),
+        (["--quick"], QUICK_RESULTS),
+        (["--quick", "--out", "elsewhere"], "elsewhere"),
+    ],
+)
+def test_a_quick_run_leaves_the_reference_results_alone(monkeypatch, arguments, out):
+    monkeypatch.setattr(sys, "argv", ["python -m bench", *arguments])
+
+    assert parse(parser_for("python -m bench", "")).out == out
+    # Nor does git see what a quick run writes.
+    assert f"{QUICK_RESULTS}/" in (ROOT / ".gitignore").read_text().splitlines()

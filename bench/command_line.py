@@ -1,0 +1,42 @@
+"""What every part of the benchmark's command line takes: --out and --quick.
+
+A full run writes the reference results, which the README quotes and its
+tests check; a quick run only checks that the benchmark runs, so it writes
+elsewhere unless told.
+"""
+
+import argparse
+
+REFERENCE_RESULTS = "bench/results"
+QUICK_RESULTS = "bench/quick-results"
+
+
+def parser_for(prog, description):
+    """Return a parser that takes the options every part of the benchmark has."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument(
+        "--out",
+        help=f"folder of the outputs ({REFERENCE_RESULTS}; {QUICK_RESULTS} with"
+        " --quick)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few short rounds: checks that it runs, too short to read into",
+    )
+    return parser
+
+
+def parse(parser):
+    """Read the command line, with the outputs' folder that --quick implies."""
+    arguments = parser.parse_args()
+    if arguments.out is None:
+        arguments.out = QUICK_RESULTS if arguments.quick else REFERENCE_RESULTS
+    return arguments
+
+
+def run_part(prog, description, run):
+    """Run one part of the benchmark from the command line; name its outputs."""
+    arguments = parse(parser_for(prog, description))
+    for path in run(arguments.out, arguments.quick):
+        print(path)
