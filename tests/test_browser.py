@@ -16,8 +16,6 @@ from testbed.screenshots import burst_and_wait
 from testbed.screenshots import take_screenshots
 from testbed.screenshots import wait_for_samples
 
-from .steps import STEPS
-
 # Each test drives Chromium against a step served by flask run.
 pytestmark = pytest.mark.slow
 
@@ -28,6 +26,20 @@ expect = playwright.expect
 PAGE_CLOCK_STARTS = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 # Nothing listens on port 9: every connection attempt is refused.
 UNREACHABLE_DATABASE = "postgresql+psycopg://reader@127.0.0.1:9/articles"
+
+
+# The page's code is the same bytes in every step (tests/test_layout.py), and
+# what it reads from a step, /pool and the API, the contract tests check on
+# every step and both databases. So a browser runs it on the steps whose
+# pages differ in what it is given: the first, the first with pool settings
+# of its own, and the first with two engines.
+BROWSER_STEPS = ["step01_engine", "step04_pooling", "step06_multiple_databases"]
+
+
+@pytest.fixture(params=BROWSER_STEPS)
+def step(request):
+    """Name each step whose page a browser tests."""
+    return request.param
 
 
 @pytest.fixture
@@ -110,10 +122,9 @@ def test_the_chart_accumulates_a_sample_a_second(step, serve, page):
         assert len(points) >= 4
 
 
-# Each step's own settings; an override on step 4, whose concept they are:
-# the panel's code is the same in every step.
+# Each step's own settings; an override on step 4, whose concept they are.
 SETTINGS_RUNS = [
-    *(pytest.param(step, {}, id=f"{step}-defaults") for step in STEPS),
+    *(pytest.param(step, {}, id=f"{step}-defaults") for step in BROWSER_STEPS),
     pytest.param(
         "step04_pooling",
         {"pool_pre_ping": True, "pool_size": 3, "pool_recycle": 60},
