@@ -1,11 +1,14 @@
 """Errors users of Flask and SQLAlchemy keep reporting, reproduced and answered.
 
-The README's "Problems users keep hitting" links here for the ones that no
-step's concept tests already reproduce.
+The page "Problems users keep hitting" (docs/problems.md) links here for
+the ones that no step's concept tests already reproduce.
 """
 
 import inspect
 import re
+import subprocess
+import sys
+import textwrap
 
 import pytest
 from sqlalchemy.exc import ProgrammingError
@@ -30,6 +33,53 @@ def test_scoped_session_declares_the_session_methods_that_linters_look_for():
     for name in ("query", "execute", "scalars", "get", "add", "commit", "remove"):
         assert name in vars(scoped_session), name
     assert "ident" in inspect.signature(scoped_session.get).parameters
+
+
+# What a linter or an IDE checks: a scoped_session's Session methods, used
+# as the article's readers use them, and one misspelled, which must fail.
+TYPED_SNIPPET = """
+from sqlalchemy import String, create_engine, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import scoped_session, sessionmaker
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Message(Base):
+    __tablename__ = "message"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    text: Mapped[str] = mapped_column(String(500))
+
+
+Session = scoped_session(sessionmaker(bind=create_engine("sqlite://")))
+legacy: list[Message] = Session.query(Message).all()
+rows: list[Message] = list(Session.scalars(select(Message)).all())
+one: Message | None = Session.get(Message, 1)
+Session.remove()
+misspelled = Session.qurey(Message)
+"""
+
+
+@pytest.mark.slow
+def test_a_type_checker_sees_the_session_methods_of_scoped_session(tmp_path):
+    snippet = tmp_path / "snippet.py"
+    snippet.write_text(textwrap.dedent(TYPED_SNIPPET))
+
+    checked = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental"]
+        + ["--cache-dir", str(tmp_path / "cache"), str(snippet)],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+
+    errors = [line for line in checked.stdout.splitlines() if ": error:" in line]
+    # mypy checks the attributes: the misspelling is the only error.
+    assert len(errors) == 1, checked.stdout
+    assert 'has no attribute "qurey"' in errors[0]
+    assert checked.returncode == 1
 
 
 @pytest.mark.parametrize("step", STEPS)
