@@ -115,6 +115,10 @@ def test_the_chart_accumulates_a_sample_a_second(step, serve, page):
     server = serve(step)
     page.goto(server.url + "/")
 
+    # From the first sample on, each series shows its latest value as a dot.
+    wait_for_samples(page, 1)
+    for series in ("checked_out", "overflow", "connects"):
+        expect(page.locator(f'#pool-chart [data-latest="{series}"]')).to_have_count(1)
     take_samples(page, 3)
 
     for series in ("checked_out", "overflow", "connects"):
@@ -246,10 +250,11 @@ def test_make_screenshots_takes_the_readmes_screenshots(browser, tmp_path):
     paths = take_screenshots(tmp_path, browser)
 
     assert [path.name for path in paths] == list(SCREENSHOTS.values())
-    readme = (ROOT / "README.md").read_text()
+    # Step 2's README shows them, beside step 3's answer to the same burst.
+    readme = (ROOT / "step02_session" / "README.md").read_text()
     for path in paths:
         assert path.read_bytes().startswith(b"\x89PNG\r\n")
-        assert f"docs/screenshots/{path.name}" in readme
+        assert f"../docs/screenshots/{path.name}" in readme
         assert (ROOT / "docs" / "screenshots" / path.name).is_file()
 
 

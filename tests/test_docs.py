@@ -1,7 +1,13 @@
-"""What the README quotes and promises is what the repository holds."""
+"""What the Markdown pages quote and promise is what the repository holds.
+
+Every page: the top README (the map), each step's README, and the
+reference pages in docs/. Their quotes, line references, test names and
+links are checked on every page; each figure against the run it comes from.
+"""
 
 import importlib
 import json
+import os
 import re
 
 import pytest
@@ -12,20 +18,58 @@ from testbed import ROOT
 from .conftest import is_slow
 from .steps import STEPS
 
-README = (ROOT / "README.md").read_text()
+# Every page a reader reads; bench/results holds the benchmark's outputs.
+PAGES = sorted(
+    path.relative_to(ROOT).as_posix()
+    for path in [
+        ROOT / "README.md",
+        *ROOT.glob("step[0-9][0-9]_*/README.md"),
+        *ROOT.glob("docs/*.md"),
+    ]
+)
+TEXT = {page: (ROOT / page).read_text() for page in PAGES}
+README = TEXT["README.md"]
 NUMBERS = {11: "eleven", 12: "twelve", 10: "ten"}
+
+
+def page(path):
+    """Return a page's text."""
+    return TEXT[path]
+
+
+def words(text):
+    """Return the text with its whitespace made single spaces."""
+    return " ".join(text.split())
+
+
+def section(path, start, end=None):
+    """Return the part of a page from ``start`` (or its top) up to ``end``."""
+    after = page(path).split(start, 1)[1] if start else page(path)
+    return after if end is None else after.split(end, 1)[0]
+
 
 # A quoted block names its source on its first line: "# step03_teardown/db.py".
 QUOTED_BLOCK = re.compile(r"```python\n# (step\d\d_\w+/[\w/]+\.py)\n(.*?)```", re.S)
-QUOTES = QUOTED_BLOCK.findall(README)
+QUOTES = [
+    (page_path, path, code)
+    for page_path in PAGES
+    for path, code in QUOTED_BLOCK.findall(TEXT[page_path])
+]
 
 
-def test_the_readme_quotes_every_step():
-    assert {path.split("/")[0] for path, _ in QUOTES} == set(STEPS)
+def test_each_steps_readme_quotes_its_own_code():
+    for step in STEPS:
+        quoted = {path for page_path, path, _ in QUOTES if page_path.startswith(step)}
+        assert quoted, step
+        assert {path.split("/")[0] for path in quoted} == {step}
 
 
-@pytest.mark.parametrize(("path", "code"), QUOTES, ids=[path for path, _ in QUOTES])
-def test_quoted_code_is_what_the_step_contains(path, code):
+@pytest.mark.parametrize(
+    ("page_path", "path", "code"),
+    QUOTES,
+    ids=[f"{page_path}:{path}" for page_path, path, _ in QUOTES],
+)
+def test_quoted_code_is_what_the_step_contains(page_path, path, code):
     assert code in (ROOT / path).read_text()
 
 
@@ -39,37 +83,125 @@ def test_the_readme_sets_up_with_two_make_commands():
 
 
 @pytest.mark.parametrize("step", STEPS)
-def test_the_readme_names_each_steps_concept_tests(step):
-    assert f"tests/test_{step}.py" in README
+def test_each_step_has_a_readme_that_names_its_tests_its_notebook_and_its_diff(step):
+    text = page(f"{step}/README.md")
+    number = STEPS.index(step)
+
+    assert text.startswith(f"# Step {number + 1}: ")
+    assert f"tests/test_{step}.py" in text
     assert (ROOT / "tests" / f"test_{step}.py").is_file()
+    notebook = f"{step[4:6]}_{step[7:]}.ipynb"
+    assert (ROOT / "notebooks" / notebook).is_file()
+    assert notebook in text
+    assert "**Try it.**" in text
+    if number:
+        assert re.search(rf"diff -ruN .*{STEPS[number - 1]} {step}\n", text)
+    # The map links to it.
+    assert f"]({step}/)" in README
 
 
-def test_every_test_the_readme_names_exists():
+def test_every_test_a_page_names_exists():
     test_sources = "".join(path.read_text() for path in (ROOT / "tests").glob("*.py"))
-    named = set(re.findall(r"(?:`|::)(test_\w+)", README))
-    assert named
-    for name in named:
-        assert f"def {name}(" in test_sources, name
+    for page_path in PAGES:
+        for name in set(re.findall(r"(?:`|::)(test_\w+)", TEXT[page_path])):
+            assert f"def {name}(" in test_sources, (page_path, name)
 
 
 # "step04_pooling/db.py:53` `app.teardown_appcontext(remove_session)": a line
-# of a step, and the code the README says is on it.
-LINE_REFERENCES = re.findall(r"`(step\d\d_\w+/[\w/]+\.py):(\d+)` `([^`]+)`", README)
+# of a step, and the code the page says is on it.
+LINE_REFERENCES = [
+    (page_path, *reference)
+    for page_path in PAGES
+    for reference in re.findall(
+        r"`(step\d\d_\w+/[\w/]+\.py):(\d+)` `([^`]+)`", TEXT[page_path]
+    )
+]
 
 
-def test_the_readme_has_line_references():
+def test_the_pages_have_line_references():
     assert len(LINE_REFERENCES) >= 7
 
 
 @pytest.mark.parametrize(
-    ("path", "line", "code"),
+    ("page_path", "path", "line", "code"),
     LINE_REFERENCES,
-    ids=[f"{path}:{line}" for path, line, _ in LINE_REFERENCES],
+    ids=[f"{page_path}:{path}:{line}" for page_path, path, line, _ in LINE_REFERENCES],
 )
-def test_each_line_the_readme_points_at_holds_the_code_it_names(path, line, code):
+def test_each_line_a_page_points_at_holds_the_code_it_names(
+    page_path, path, line, code
+):
     lines = (ROOT / path).read_text().splitlines()
 
     assert code in lines[int(line) - 1]
+
+
+def anchors(text):
+    """Return the anchors GitHub gives a page's headings."""
+    found = set()
+    for heading in re.findall(r"^#+ (.+)$", strip_code(text), re.M):
+        anchor = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
+        anchor = anchor.replace(" ", "-")
+        # A second heading of the same text gets -1, a third -2.
+        number, unique = 0, anchor
+        while unique in found:
+            number += 1
+            unique = f"{anchor}-{number}"
+        found.add(unique)
+    return found
+
+
+def strip_code(text):
+    """Return the text without its fenced code blocks."""
+    return re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+
+
+# [text](target) and <img src="target">, where the target is in the repository.
+LINKS = [
+    (page_path, target)
+    for page_path in PAGES
+    for target in re.findall(
+        r"\]\(([^)\s]+)\)|src=\"([^\"]+)\"", strip_code(TEXT[page_path])
+    )
+]
+LINKS = [
+    (page_path, next(part for part in target if part)) for page_path, target in LINKS
+]
+LINKS = [link for link in LINKS if not re.match(r"\w+:", link[1])]
+
+
+@pytest.mark.parametrize(
+    ("page_path", "target"), LINKS, ids=[f"{p}->{t}" for p, t in LINKS]
+)
+def test_every_relative_link_and_anchor_resolves(page_path, target):
+    path, _, anchor = target.partition("#")
+    resolved = os.path.normpath(os.path.join(os.path.dirname(page_path), path))
+    assert (ROOT / resolved).exists(), target
+    if (ROOT / resolved).is_dir():
+        # GitHub shows a folder's README.md.
+        resolved = os.path.join(resolved, "README.md")
+        assert (ROOT / resolved).is_file(), target
+    if anchor:
+        assert anchor in anchors((ROOT / resolved).read_text()), target
+
+
+def test_the_map_links_every_page():
+    linked = {
+        os.path.normpath(target.split("#")[0])
+        for page_path, target in LINKS
+        if page_path == "README.md"
+    }
+    for page_path in PAGES:
+        if page_path != "README.md":
+            assert {page_path, os.path.dirname(page_path)} & linked, page_path
+
+
+# Counted with the code blocks: what a reader scrolls through.
+@pytest.mark.parametrize(
+    ("page_path", "most"),
+    [("README.md", 2000)] + [(f"{step}/README.md", 1500) for step in STEPS],
+)
+def test_the_map_and_each_steps_readme_stay_short(page_path, most):
+    assert len(page(page_path).split()) <= most
 
 
 def reference_table(results_file, key, text, time_format):
@@ -95,9 +227,16 @@ def reference_table(results_file, key, text, time_format):
             assert measured["ratio"] == float(ratio), (backend, name)
 
 
-def test_the_readmes_benchmark_table_is_the_reference_run():
-    section = README.split("## The benchmark")[1].split("What the rows say")[0]
-    reference_table("results.json", "in_process", section, str)
+BENCHMARK = "docs/benchmark.md"
+
+
+def test_the_benchmark_pages_table_is_the_reference_run():
+    reference_table(
+        "results.json",
+        "in_process",
+        section(BENCHMARK, "", "What the rows say"),
+        str,
+    )
 
 
 def test_the_survival_figures_are_those_of_the_tests():
@@ -107,19 +246,18 @@ def test_the_survival_figures_are_those_of_the_tests():
 
     assert (
         f"{survival.THREADS} threads, each sending {survival.REQUESTS_PER_THREAD}"
-        in (" ".join(README.split()))
+        in words(page("docs/fault-drills.md"))
     )
     assert f"a bad request of {NUMBERS[len(survival.BAD_REQUESTS)]} kinds" in (
-        " ".join(README.split())
+        words(page("docs/fault-drills.md"))
     )
-    assert f"{total:,} requests in all" in README
+    assert f"{total:,} requests in all" in page("docs/fault-drills.md")
 
 
 def test_step_4s_ratios_and_pid_check_are_those_of_the_reference_run():
     results = json.loads((ROOT / "bench" / "results" / "results.json").read_text())
     by_backend = {backend["backend"]: backend for backend in results["backends"]}
-    section = README.split("## The benchmark")[1].split("## Do you need")[0]
-    text = " ".join(section.split())
+    text = words(page(BENCHMARK))
 
     def over(backend, name):
         timings = by_backend[backend]["in_process"]
@@ -145,7 +283,7 @@ def test_the_load_figures_are_those_of_the_reference_run():
     results = json.loads((ROOT / "bench" / "results" / "results.json").read_text())
     [postgresql] = [b for b in results["backends"] if b["backend"] == "postgresql"]
     load = postgresql["load"]
-    text = " ".join(README.split())
+    text = words(page(BENCHMARK))
 
     most = max(row["most server connections"] for row in load["rows"])
     assert f"never saw more than {most} connections" in text
@@ -158,27 +296,30 @@ def test_the_load_figures_are_those_of_the_reference_run():
 
 
 def test_the_per_test_costs_are_the_reference_run():
-    section = README.split("**What it costs per test**")[1].split("**Try it.**")[0]
-    reference_table("per_test.json", "per_test", section, lambda us: f"{us / 1000:.1f}")
+    costs = section(
+        "step07_testing/README.md", "**What it costs per test**", "**Try it.**"
+    )
+    reference_table("per_test.json", "per_test", costs, lambda us: f"{us / 1000:.1f}")
+
+
+PGBOUNCER = "docs/pgbouncer.md"
 
 
 def test_the_scale_out_tables_are_the_reference_run():
     results = json.loads((ROOT / "bench" / "results" / "scale_out.json").read_text())
-    section = README.split("**Scaling out, measured.**")[1].split("**Where next.**")[0]
+    measured = section(PGBOUNCER, "**Scaling out, measured.**", "**Where next.**")
 
     assert not results["quick"]
-    assert table(results["rows"]) in section
+    assert table(results["rows"]) in measured
     in_process = [
         {"case": name, **values} for name, values in results["in_process"].items()
     ]
-    assert table(in_process) in section
+    assert table(in_process) in measured
 
 
-def test_what_the_readme_reads_in_the_scale_out_run_is_what_it_holds():
+def test_what_the_pgbouncer_page_reads_in_the_scale_out_run_is_what_it_holds():
     results = json.loads((ROOT / "bench" / "results" / "scale_out.json").read_text())
-    section = " ".join(
-        README.split("What the rows say:")[1].split("**Where next.**")[0].split()
-    )
+    said = words(section(PGBOUNCER, "What the rows say:", "**Where next.**"))
     rows = {(row["case"], row["concurrency"]): row for row in results["rows"]}
     levels = sorted({row["concurrency"] for row in results["rows"]})
     step8 = "PgBouncer, QueuePool (step 8)"
@@ -190,16 +331,16 @@ def test_what_the_readme_reads_in_the_scale_out_run_is_what_it_holds():
         ]
 
     pooled = ratios(step8, "straight to PostgreSQL")
-    assert f"{min(pooled):.1f} to {max(pooled):.1f} times the answers" in section
+    assert f"{min(pooled):.1f} to {max(pooled):.1f} times the answers" in said
     nullpool = ratios("PgBouncer, NullPool", step8)
-    assert f"{min(nullpool):.2f} to {max(nullpool):.2f} times" in section
+    assert f"{min(nullpool):.2f} to {max(nullpool):.2f} times" in said
     pre_ping = ratios("PgBouncer, QueuePool, pre-ping", step8)
-    assert ", ".join(f"{ratio:.2f}" for ratio in pre_ping[:-1]) in section
-    assert f"and {pre_ping[-1]:.2f} times as many" in section
+    assert ", ".join(f"{ratio:.2f}" for ratio in pre_ping[:-1]) in said
+    assert f"and {pre_ping[-1]:.2f} times as many" in said
     in_process = results["in_process"]
     assert list(in_process)[0] == step8
     for case in ("PgBouncer, NullPool", "PgBouncer, QueuePool, pre-ping"):
-        assert f"took {in_process[case]['ratio']:.2f} times as long" in section
+        assert f"took {in_process[case]['ratio']:.2f} times as long" in said
     for case in (step8, "PgBouncer, QueuePool, pre-ping"):
         assert all(rows[(case, level)]["errors"] == 0 for level in levels)
     most = max(
@@ -207,7 +348,7 @@ def test_what_the_readme_reads_in_the_scale_out_run_is_what_it_holds():
         for row in results["rows"]
         if row["case"] != "straight to PostgreSQL"
     )
-    assert f"never more than {most} server connections" in section
+    assert f"never more than {most} server connections" in said
 
 
 def test_step_8s_connection_arithmetic_is_that_of_the_drills_and_the_harness():
@@ -215,8 +356,8 @@ def test_step_8s_connection_arithmetic_is_that_of_the_drills_and_the_harness():
     harness = importlib.import_module("testbed.pgbouncer")
     pool = importlib.import_module("step08_pgbouncer.db").POOL_DEFAULTS
     harness_source = (ROOT / "testbed" / "pgbouncer.py").read_text()
-    section = " ".join(
-        README.split("## Step 8")[1].split("**The settings, and why.**")[0].split()
+    arithmetic = words(
+        section("step08_pgbouncer/README.md", "", "**The settings, and why.**")
     )
     per_worker = pool["pool_size"] + pool["max_overflow"]
     opened = drills.HOSTS * drills.WORKERS * per_worker * 2
@@ -224,21 +365,19 @@ def test_step_8s_connection_arithmetic_is_that_of_the_drills_and_the_harness():
     assert (
         f"{drills.HOSTS} hosts × {drills.WORKERS} workers ×"
         f" ({pool['pool_size']} + {pool['max_overflow']}) × 2 databases = {opened},"
-        f" + {drills.HOSTS} masters" in section
+        f" + {drills.HOSTS} masters" in arithmetic
     )
-    assert f"the same {opened + drills.HOSTS}" in section
+    assert f"the same {opened + drills.HOSTS}" in arithmetic
     assert (
         f"{harness.APP_CONNECTIONS_ALLOWED} of {harness.MAX_CONNECTIONS} here"
-        in section
+        in arithmetic
     )
-    assert f"{harness.POOL_SIZE} × 2 = {harness.POOL_SIZE * 2}" in section
+    assert f"{harness.POOL_SIZE} × 2 = {harness.POOL_SIZE * 2}" in arithmetic
     assert "max_client_conn = 1000" in harness_source
-    assert "(`max_client_conn`, 1,000 here)" in section
+    assert "(`max_client_conn`, 1,000 here)" in arithmetic
     wait = re.search(r"query_wait_timeout = (\d+)", harness_source).group(1)
-    assert f"`query_wait_timeout` ({wait} s here)" in section
-    drill_table = " ".join(
-        README.split("**The drills.**")[1].split("**Scaling out")[0].split()
-    )
+    assert f"`query_wait_timeout` ({wait} s here)" in arithmetic
+    drill_table = words(section(PGBOUNCER, "**The drills.**", "**Scaling out"))
     requests = drills.CLIENTS * drills.REQUESTS_EACH
     assert f"{drills.CLIENTS} clients × {drills.REQUESTS_EACH} writes" in drill_table
     assert f"all {requests} answered 201" in drill_table
@@ -255,6 +394,6 @@ def test_the_slow_tests_run_first_two_at_a_time(request):
     assert slow == sorted(slow, reverse=True)
     makefile = (ROOT / "Makefile").read_text()
     assert "$(BIN)/pytest -n $(TEST_WORKERS) --maxschedchunk 2" in makefile
-    assert "`make test` hands the workers two tests at a time" in " ".join(
-        README.split()
+    assert "`make test` hands the workers two tests at a time" in words(
+        page("docs/tests.md")
     )

@@ -25,8 +25,9 @@ SHARED_FILES = [
 ]
 
 # What a step changes, and where. __init__.py holds the step's docstring and
-# the configuration keys it adds.
+# the configuration keys it adds; README.md is the step's page for readers.
 CONCEPT_FILES = [
+    "README.md",
     "__init__.py",
     "db.py",
     "models.py",
@@ -37,8 +38,9 @@ CONCEPT_FILES_FROM = {"testing.py": "step07_testing"}
 CONCEPT_FOLDERS = ["schema", "example_tests"]
 
 # The files whose changes the neighbours' diff leaves out: the concept's
-# own code, which may take any number of lines.
-UNCOUNTED = {"db.py", "models.py", "testing.py"}
+# own code, which may take any number of lines, and its README, which the
+# diff a step's README suggests leaves out too.
+UNCOUNTED = {"README.md", "db.py", "models.py", "testing.py"}
 UNCOUNTED_FOLDERS = {"schema", "example_tests"}
 
 # Most steps change a handler or two and the page's text; a step that moves

@@ -79,6 +79,10 @@ function drawChart() {
   for (const name of SERIES) {
     const points = samples.map((sample) => `${x(sample.time)},${y(sample[name])}`);
     parts.push(`<polyline class="${name}" data-series="${name}" points="${points.join(" ")}"/>`);
+    // A line needs two samples; the dot shows the latest from the first one.
+    const latest = samples[samples.length - 1];
+    parts.push(`<circle class="${name}" data-latest="${name}" r="3"`
+      + ` cx="${x(latest.time)}" cy="${y(latest[name])}"/>`);
   }
   svg.innerHTML = parts.join("");
   svg.dataset.samples = samples.length;
