@@ -19,7 +19,13 @@ TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 NOTEBOOK_ARGS ?=
 VENV := .venv
 BIN := $(VENV)/bin
+# What serving a step needs (Flask, SQLAlchemy, psycopg), installed by
+# make run; the tests', the notebooks' and the benchmark's tools, installed
+# by the first target that needs them.
 INSTALLED := $(VENV)/.installed
+TEST_INSTALLED := $(VENV)/.installed-test
+NOTEBOOKS_INSTALLED := $(VENV)/.installed-notebooks
+BENCH_INSTALLED := $(VENV)/.installed-bench
 # Notebooks are committed without outputs, execution counts, or the version
 # of the Python that last ran them.
 STRIP_NOTEBOOKS := $(BIN)/nbstripout --extra-keys metadata.language_info
@@ -32,7 +38,13 @@ STRIP_NOTEBOOKS := $(BIN)/nbstripout --extra-keys metadata.language_info
 $(INSTALLED): pyproject.toml $(wildcard step[0-9][0-9]_*/__init__.py)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -e '.[test]'
+	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+# One extra of pyproject.toml's: test, notebooks or bench.
+.PRECIOUS: $(VENV)/.installed-%
+$(VENV)/.installed-%: $(INSTALLED)
+	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -e '.[$*]'
 	touch $@
 
 SERVE_STEP = $(BIN)/flask --app $(STEP) init-db && $(BIN)/flask --app $(STEP) run --port $(PORT)
@@ -50,31 +62,31 @@ endif
 
 # The workers take tests two at a time, slow ones first (tests/conftest.py),
 # so that no long test waits in one worker's queue while the others idle.
-test: $(INSTALLED)
+test: $(TEST_INSTALLED)
 	$(BIN)/pytest -n $(TEST_WORKERS) --maxschedchunk 2 $(PYTEST_ARGS)
 
-lint: $(INSTALLED)
+lint: $(TEST_INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(STRIP_NOTEBOOKS) --verify notebooks/*.ipynb
 
 # JupyterLab listens on loopback only; it refuses to run as root unless told.
-notebooks: $(INSTALLED)
+notebooks: $(NOTEBOOKS_INSTALLED)
 	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(NOTEBOOK_PORT) \
 		--ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) \
 		$(NOTEBOOK_ARGS)
 
 # Strip what running the notebooks left in them, before a commit.
-strip-notebooks: $(INSTALLED)
+strip-notebooks: $(TEST_INSTALLED)
 	$(STRIP_NOTEBOOKS) notebooks/*.ipynb
 
 # The benchmark, into bench/results; BENCH_ARGS=--quick for a short run,
 # into bench/quick-results.
-bench: $(INSTALLED)
+bench: $(BENCH_INSTALLED)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # The README's screenshots: pages in headless Chromium, after a burst.
-screenshots: $(INSTALLED)
+screenshots: $(TEST_INSTALLED)
 	$(BIN)/python -m testbed.screenshots docs/screenshots
 
 clean:

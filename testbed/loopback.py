@@ -1,10 +1,11 @@
 """Servers on loopback: a free port to listen on, and waiting until one answers."""
 
+import http.client
 import pathlib
 import socket
 import time
-
-import requests
+import urllib.error
+import urllib.request
 
 
 def free_port():
@@ -22,11 +23,16 @@ def wait_for_http(url, process, seconds=30, log_path=None):
         if process.poll() is not None:
             log = pathlib.Path(log_path).read_text(errors="replace") if log_path else ""
             raise AssertionError(f"the server exited\n{log}")
+        # urllib, not requests: make run serves a step with the app's own
+        # dependencies only.
         try:
-            requests.get(url + "/pool", timeout=1)
+            urllib.request.urlopen(url + "/pool", timeout=1).close()
             return
-        # Refused: nothing listens yet. Timed out: it listens, but its
-        # workers are still starting, as on a busy machine they may be.
-        except (requests.ConnectionError, requests.Timeout):
+        except urllib.error.HTTPError:
+            # It answers, if not with a success: it is up.
+            return
+        # Refused: nothing listens yet. Timed out or cut short: it listens,
+        # but its workers are still starting, as on a busy machine they may be.
+        except (OSError, http.client.HTTPException):
             time.sleep(0.1)
     raise AssertionError(f"{url} did not answer in {seconds}s")

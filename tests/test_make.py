@@ -1,13 +1,17 @@
 """The Makefile's commands, run as a reader runs them."""
 
+import json
 import os
 import re
 import signal
 import subprocess
+import sys
 import time
+from importlib import metadata
 
 import pytest
 import requests
+from packaging.requirements import Requirement
 
 from testbed import ROOT
 from testbed.loopback import free_port
@@ -18,13 +22,14 @@ from testbed.postgres import HOW_TO_GET_POSTGRES
 from testbed.postgres import find_binaries
 
 from .conftest import skip_or_fail
+from .steps import STEPS
 
-# Each test runs make, which starts a server and a step.
-pytestmark = pytest.mark.slow
+PROJECT = "flask-sqlalchemy-without-the-extension"
 
 
 # Ctrl-C in a terminal sends SIGINT to the whole foreground group; kill and
 # closing the terminal, SIGTERM.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("db", "step", "stop_signal"),
     [
@@ -85,3 +90,90 @@ def test_make_run_db_postgresql_serves_the_step_on_a_throwaway_server(
     while any(map(os.path.exists, folders)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(map(os.path.exists, folders))
+
+
+@pytest.mark.slow
+def test_make_run_serves_a_step_on_sqlite_and_stops_on_ctrl_c(tmp_path):
+    port = free_port()
+    log_path = tmp_path / "make-run.log"
+    # A file of the test's own, not the reader's in instance/.
+    database = f"sqlite:///{tmp_path / 'messages.sqlite'}"
+    with open(log_path, "wb") as log:
+        make = subprocess.Popen(
+            [*("make", "run", "STEP=step03_teardown", f"PORT={port}")],
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": database},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_http(url, make, seconds=60, log_path=log_path)
+        created = requests.post(url + "/messages", json={"text": "on SQLite"})
+        listed = requests.get(url + "/messages", timeout=10).json()
+    finally:
+        os.killpg(make.pid, signal.SIGINT)
+        make.wait(timeout=60)
+
+    # make run ran init-db first, so the first write finds its table.
+    assert "Initialized the database." in log_path.read_text()
+    assert created.status_code == 201
+    assert [message["text"] for message in listed] == ["on SQLite"]
+
+
+def distributions_required(name):
+    """Return the distributions that installing ``name`` brings, without extras
+    of its own (psycopg[binary]'s, which it asks for, count)."""
+    found, todo, seen = set(), [(name, ())], set()
+    while todo:
+        name, extras = todo.pop()
+        if (name, extras) in seen:
+            continue
+        seen.add((name, extras))
+        distribution = metadata.distribution(name)
+        found.add(distribution.metadata["Name"].lower().replace("_", "-"))
+        for line in distribution.requires or []:
+            requirement = Requirement(line)
+            # Those of no extra, or of the extras asked for, on this machine.
+            if requirement.marker is None or any(
+                requirement.marker.evaluate({"extra": extra}) for extra in ("", *extras)
+            ):
+                todo.append((requirement.name, tuple(requirement.extras)))
+    return found
+
+
+def test_make_run_installs_what_serving_a_step_needs_and_nothing_more():
+    makefile = (ROOT / "Makefile").read_text()
+    # make run installs the project alone; the extras wait for their targets.
+    assert re.search(r"^run: \$\(INSTALLED\)$", makefile, re.M)
+    recipe = makefile.split("$(INSTALLED): ", 1)[1].split("\n\n", 1)[0]
+    assert "pip install --quiet -e .\n" in recipe
+    # What make run imports: every step, and the throwaway servers' tooling.
+    imported = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json, sys\n"
+            # What the interpreter loads before any import (site's hooks).
+            "before = set(sys.modules)\n"
+            f"for name in {STEPS!r} + ['testbed.postgres', 'testbed.pgbouncer']:\n"
+            "    __import__(name)\n"
+            "    __import__(name.partition('.')[0] + '.wsgi')"
+            " if name.startswith('step') else None\n"
+            "print(json.dumps(sorted({m.partition('.')[0]"
+            " for m in set(sys.modules) - before})))",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    modules = set(json.loads(imported.stdout))
+    providers = metadata.packages_distributions()
+    allowed = distributions_required(PROJECT)
+    for module in modules:
+        for distribution in providers.get(module, []):
+            name = distribution.lower().replace("_", "-")
+            assert name in allowed, (module, name)
