@@ -23,6 +23,7 @@ from . import scale_out
 from .apps import BASELINE
 from .apps import CASES
 from .apps import prepare_database
+from .command_line import QUICK_NOTE
 from .command_line import parse
 from .command_line import parser_for
 from .load import find_wrk
@@ -164,6 +165,8 @@ def main():
         else:
             for path in scale_out.run(out, quick):
                 print(path)
+    if quick:
+        print(QUICK_NOTE)
 
 
 if __name__ == "__main__":

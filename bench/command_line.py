@@ -9,6 +9,11 @@ import argparse
 
 REFERENCE_RESULTS = "bench/results"
 QUICK_RESULTS = "bench/quick-results"
+# What a quick run says of its outputs, in them and as it ends.
+QUICK_NOTE = (
+    "A --quick run: too short to read anything into, and not the reference"
+    f" run ({REFERENCE_RESULTS}), so no goal is judged."
+)
 
 
 def parser_for(prog, description):
@@ -40,3 +45,5 @@ def run_part(prog, description, run):
     arguments = parse(parser_for(prog, description))
     for path in run(arguments.out, arguments.quick):
         print(path)
+    if arguments.quick:
+        print(QUICK_NOTE)

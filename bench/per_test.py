@@ -36,6 +36,7 @@ from testbed.postgres import Cluster
 from testbed.postgres import find_binaries
 from testbed.step_apps import dispose_engines
 
+from .command_line import QUICK_NOTE
 from .command_line import run_part
 from .timing import CallAsClient
 from .timing import time_per_request
@@ -176,7 +177,7 @@ def markdown(results):
         "# What a clean database costs per test",
         "",
         "µs per test (a write and a read through the API), each way's fastest test,"
-        " and × isolated(app).",
+        " and × isolated(app)." + (f" {QUICK_NOTE}" if results["quick"] else ""),
         "",
         "| way | "
         + " | ".join(f"{b['backend']} µs | ×" for b in results["backends"])

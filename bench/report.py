@@ -7,6 +7,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .apps import BASELINE  # noqa: E402
+from .command_line import QUICK_NOTE  # noqa: E402
 
 # Differences smaller than this are within what repeated runs move by, or
 # nearly: on a busy 2-core machine, runs in one process and in fresh ones
@@ -108,12 +109,7 @@ def markdown(results):
     parts = [
         "# Benchmark results\n\n",
         f"Measured with {versions}."
-        + (
-            " A --quick run: too short to read anything into, and not the"
-            " reference run (bench/results), so no goal is judged."
-            if results["quick"]
-            else ""
-        )
+        + (f" {QUICK_NOTE}" if results["quick"] else "")
         + "\n",
     ]
     for backend in results["backends"]:

@@ -45,6 +45,7 @@ from testbed.step_apps import dispose_engines  # noqa: E402
 from testbed.step_apps import initialize_databases  # noqa: E402
 from testbed.watchers import ConnectionWatcher  # noqa: E402
 
+from .command_line import QUICK_NOTE  # noqa: E402
 from .command_line import run_part  # noqa: E402
 from .load import BOUNDED_SCRIPT  # noqa: E402
 from .load import HOW_TO_GET_WRK  # noqa: E402
@@ -282,11 +283,7 @@ def markdown(results):
         f" role); the pools may open {results['connections the pools may open']};"
         " PgBouncer opens at most"
         f" {results[PER_DATABASE]} per database."
-        + (
-            " A --quick run: too short to read anything into."
-            if results["quick"]
-            else ""
-        )
+        + (f" {QUICK_NOTE}" if results["quick"] else "")
         + "\n\n"
         + table(results["rows"])
         + "\n## In one process\n\nµs per GET /messages/1 through Flask's test"

@@ -64,7 +64,8 @@ BEHIND_POOLER_DEFAULTS = {
     # Pre-ping would check the link to PgBouncer, not the server connection
     # the request will use: its SELECT 1 is a transaction of its own, which
     # waits for one of PgBouncer's few server connections, and then the
-    # request's transaction waits again: 15% more per request, measured.
+    # request's transaction waits again: a transaction more per request,
+    # measured in bench/scale_out.py.
     # Without it, after a PgBouncer restart the first request on a pooled
     # connection answers 503, and SQLAlchemy replaces the whole pool.
     "pool_pre_ping": False,

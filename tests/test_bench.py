@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from bench.apps import CASES  # noqa: I001
+from bench.command_line import QUICK_NOTE
 from bench.command_line import QUICK_RESULTS
 from bench.command_line import REFERENCE_RESULTS
 from bench.command_line import parse
@@ -57,9 +58,13 @@ def test_the_quick_benchmark_writes_a_table_json_and_a_chart(tmp_path):
         assert [row["concurrency"] for row in backend["load"]["rows"]] == [1, 8, 32, 64]
     for name in CASES:
         assert f"| {name} |" in table
-    # Too short to judge a goal by: it says so, and judges none.
-    assert "not the reference run" in table
+    # Too short to judge a goal by: it says so, in each output and as it
+    # ends, and judges none.
+    for name in ("results.md", "per_test.md", "scale_out.md"):
+        assert QUICK_NOTE in (tmp_path / name).read_text(), name
+    assert completed.stdout.splitlines()[-1] == QUICK_NOTE
     assert "goals" not in table
+    assert "Traceback" not in completed.stderr
     assert (tmp_path / "results.png").read_bytes().startswith(b"\x89PNG\r\n")
     # What a clean database costs per test, three ways, on both backends.
     per_test = json.loads((tmp_path / "per_test.json").read_text())

@@ -76,7 +76,9 @@ function drawChart() {
   if (low < 0) {
     parts.push(`<text x="${left - 6}" y="${y(low) + 4}" text-anchor="end">${low}</text>`);
   }
-  for (const name of SERIES) {
+  // Checked out last, on top: it is the one that flags a leak, and it often
+  // equals overflow (both 0, say), whose line would hide it.
+  for (const name of [...SERIES].reverse()) {
     const points = samples.map((sample) => `${x(sample.time)},${y(sample[name])}`);
     parts.push(`<polyline class="${name}" data-series="${name}" points="${points.join(" ")}"/>`);
     // A line needs two samples; the dot shows the latest from the first one.
