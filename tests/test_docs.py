@@ -28,8 +28,31 @@ PAGES = sorted(
     ]
 )
 TEXT = {page: (ROOT / page).read_text() for page in PAGES}
+# The benchmark's Markdown outputs, written by make bench, not by hand.
+RESULT_TABLES = ["results", "per_test", "scale_out"]
 README = TEXT["README.md"]
 NUMBERS = {11: "eleven", 12: "twelve", 10: "ten"}
+
+
+def test_every_markdown_file_is_a_checked_page_or_a_benchmark_output():
+    found = set()
+    for folder, subfolders, files in os.walk(ROOT):
+        # The virtual environment, caches, and what runs leave behind.
+        subfolders[:] = [
+            name
+            for name in subfolders
+            if not name.startswith(".")
+            and name not in {"__pycache__", "instance", "quick-results"}
+        ]
+        found |= {
+            os.path.relpath(os.path.join(folder, name), ROOT)
+            for name in files
+            if name.endswith(".md")
+        }
+    outputs = {path for path in found if path.startswith("bench/results/")}
+
+    assert found - outputs == set(PAGES)
+    assert outputs == {f"bench/results/{name}.md" for name in RESULT_TABLES}
 
 
 def page(path):
