@@ -28,8 +28,10 @@ def in_threads(work, count, stop=None, seconds=None):
 
     threads = [threading.Thread(target=run, args=(number,)) for number in range(count)]
     deadline = None if seconds is None else time.monotonic() + seconds
+    started = []
     try:
         for thread in threads:
+            started.append(thread)
             thread.start()
         for thread in threads:
             thread.join(
@@ -39,12 +41,31 @@ def in_threads(work, count, stop=None, seconds=None):
         # Done, out of time, failed, or interrupted here (Ctrl-C): no thread
         # outlives the call.
         stop.set()
-        for thread in threads:
-            if thread.is_alive():
-                thread.join()
+        for thread in started:
+            join_once_started(thread)
     if errors:
         raise errors[0]
     return results
+
+
+def join_once_started(thread, seconds=1):
+    """Join a thread whose start() was called, waiting a moment for it to start.
+
+    An interruption (a test's timeout) that lands inside start() makes
+    start() raise while the new thread starts all the same: for a moment it
+    cannot be joined yet, and would outlive the caller if left. A thread
+    that never began is given up on after ``seconds``.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            thread.join()
+            return
+        except RuntimeError:
+            # "cannot join thread before it is started"
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.001)
 
 
 def run_in_new_thread(function):

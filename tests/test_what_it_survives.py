@@ -243,3 +243,31 @@ def test_a_load_interrupted_by_a_timeout_ends_its_threads_before_it_fails():
 
     assert time.monotonic() - started < 5
     assert threads_started_since(before) == []
+
+
+def test_an_interruption_inside_a_threads_start_still_ends_that_thread(monkeypatch):
+    # A timeout's signal can land inside Thread.start(), after the thread
+    # was launched and before it runs: start() raises, and the thread
+    # starts a moment later all the same. Here the third start() hands the
+    # real one to a helper, 50 ms on, and raises at once, as that signal does.
+    real_start = threading.Thread.start
+    starts = itertools.count()
+    interrupted = []
+
+    def start_then_interrupt(thread):
+        if next(starts) != 2:
+            return real_start(thread)
+        interrupted.append(thread)
+        later = threading.Timer(0.05, real_start, (thread,))
+        real_start(later)
+        raise Interrupted
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_interrupt)
+    with pytest.raises(Interrupted):
+        in_threads(lambda number, stop: stop.wait(30), 4)
+    monkeypatch.undo()
+
+    # It ran, and it ended before in_threads raised.
+    [thread] = interrupted
+    assert thread.ident is not None
+    assert not thread.is_alive()
