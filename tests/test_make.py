@@ -27,6 +27,31 @@ from .steps import STEPS
 PROJECT = "flask-sqlalchemy-without-the-extension"
 
 
+def start_make_run(arguments, log_path, env=None):
+    """Start ``make run`` on a free port, wait until it serves, and return
+    the process and the step's URL."""
+    port = free_port()
+    with open(log_path, "wb") as log:
+        make = subprocess.Popen(
+            ["make", "run", *arguments, f"PORT={port}"],
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # make, a cluster's keeper and flask in a group of their own,
+            # which a test stops as Ctrl-C or kill would.
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(url, make, seconds=60, log_path=log_path)
+    except BaseException:
+        os.killpg(make.pid, signal.SIGTERM)
+        make.wait(timeout=60)
+        raise
+    return make, url
+
+
 # Ctrl-C in a terminal sends SIGINT to the whole foreground group; kill and
 # closing the terminal, SIGTERM.
 @pytest.mark.slow
@@ -45,20 +70,9 @@ def test_make_run_db_postgresql_serves_the_step_on_a_throwaway_server(
         skip_or_fail(HOW_TO_GET_POSTGRES)
     if db == "pgbouncer" and find_pgbouncer() is None:
         skip_or_fail(HOW_TO_GET_PGBOUNCER)
-    port = free_port()
     log_path = tmp_path / "make-run.log"
-    with open(log_path, "wb") as log:
-        make = subprocess.Popen(
-            [*("make", "run", f"DB={db}"), *(f"STEP={step}", f"PORT={port}")],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            # make, the cluster's keeper and flask in a group of their own.
-            start_new_session=True,
-        )
+    make, url = start_make_run([f"DB={db}", f"STEP={step}"], log_path)
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for_http(url, make, seconds=60, log_path=log_path)
         pool = requests.get(url + "/pool", timeout=10).json()
         created = requests.post(url + "/messages", json={"text": "on PostgreSQL"})
         listed = requests.get(url + "/messages", timeout=10).json()
@@ -94,22 +108,13 @@ def test_make_run_db_postgresql_serves_the_step_on_a_throwaway_server(
 
 @pytest.mark.slow
 def test_make_run_serves_a_step_on_sqlite_and_stops_on_ctrl_c(tmp_path):
-    port = free_port()
     log_path = tmp_path / "make-run.log"
     # A file of the test's own, not the reader's in instance/.
     database = f"sqlite:///{tmp_path / 'messages.sqlite'}"
-    with open(log_path, "wb") as log:
-        make = subprocess.Popen(
-            [*("make", "run", "STEP=step03_teardown", f"PORT={port}")],
-            cwd=ROOT,
-            env={**os.environ, "DATABASE_URL": database},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    make, url = start_make_run(
+        ["STEP=step03_teardown"], log_path, {"DATABASE_URL": database}
+    )
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for_http(url, make, seconds=60, log_path=log_path)
         created = requests.post(url + "/messages", json={"text": "on SQLite"})
         listed = requests.get(url + "/messages", timeout=10).json()
     finally:
