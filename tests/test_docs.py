@@ -420,3 +420,24 @@ def test_the_slow_tests_run_first_two_at_a_time(request):
     assert "`make test` hands the workers two tests at a time" in words(
         page("docs/tests.md")
     )
+
+
+def test_the_maps_and_reader_questions_figures_are_the_reference_runs():
+    results = json.loads((ROOT / "bench" / "results" / "results.json").read_text())
+    by_backend = {b["backend"]: b["in_process"] for b in results["backends"]}
+
+    def µs(backend, name):
+        return by_backend[backend][name]["µs per request"]
+
+    step4 = "step04_pooling"
+    over_extension = [
+        f"{µs(backend, step4) / µs(backend, 'Flask-SQLAlchemy 3.1'):.3f}×"
+        for backend in ("sqlite", "postgresql")
+    ]
+    assert (
+        f"measures {over_extension[0]} Flask-SQLAlchemy 3.1 on SQLite and"
+        f" {over_extension[1]} on PostgreSQL" in words(README)
+    )
+    dispose = µs("postgresql", "dispose() per request") / µs("postgresql", step4)
+    for path in ("README.md", "docs/reader-questions.md"):
+        assert f"{dispose:.1f} times a pooled request" in words(page(path)), path
