@@ -18,6 +18,7 @@ def in_threads(work, count, stop=None, seconds=None):
     stop = threading.Event() if stop is None else stop
     results = [None] * count
     errors = []
+    finished = [threading.Event() for _ in range(count)]
 
     def run(number):
         try:
@@ -25,6 +26,8 @@ def in_threads(work, count, stop=None, seconds=None):
         except BaseException as error:
             errors.append(error)
             stop.set()
+        finally:
+            finished[number].set()
 
     threads = [threading.Thread(target=run, args=(number,)) for number in range(count)]
     deadline = None if seconds is None else time.monotonic() + seconds
@@ -33,8 +36,11 @@ def in_threads(work, count, stop=None, seconds=None):
         for thread in threads:
             started.append(thread)
             thread.start()
-        for thread in threads:
-            thread.join(
+        # Wait on events, not join(): on Python 3.11 a join() that an
+        # interruption cuts short marks the thread as ended while it still
+        # runs, and every later join() returns at once (python/cpython#90882).
+        for event in finished:
+            event.wait(
                 None if deadline is None else max(0, deadline - time.monotonic())
             )
     finally:
