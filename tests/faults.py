@@ -9,7 +9,8 @@ def lose_connection_before(engine, statement_start):
     """Close the DBAPI connection under the next statement that starts so.
 
     The statement then fails as it would on a connection the server dropped
-    in the middle of a request: SQLAlchemy sees a disconnect.
+    in the middle of a request: SQLAlchemy sees a disconnect. Returns the
+    list of statements it closed the connection under: one, once it has.
     """
 
     closed = []
@@ -20,6 +21,7 @@ def lose_connection_before(engine, statement_start):
             closed.append(statement)
 
     event.listen(engine, "before_cursor_execute", close_connection)
+    return closed
 
 
 def lose_connection_at_next_rollback(engine):

@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from testbed import ROOT
+from testbed.threads import run_in_new_thread
 
 from .faults import delete_elsewhere_before
 from .faults import lose_connection_before
@@ -231,32 +232,41 @@ def test_routing_errors_are_json_too(shared_client, method, path, status):
     assert shared_client.get("/messages").get_json() == before
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "body", "statement"),
-    [
-        ("get", "/messages", None, "SELECT"),
-        ("get", "/messages/1", None, "SELECT"),
-        ("post", "/messages", {"text": "lost"}, "INSERT"),
-        ("patch", "/messages/1", {"text": "lost"}, "UPDATE"),
-        ("delete", "/messages/1", None, "DELETE"),
-    ],
-)
+# Each statement the API runs, and a request that runs it.
+REQUESTS_BY_STATEMENT = [
+    ("get", "/messages", None, "SELECT"),
+    ("get", "/messages/1", None, "SELECT"),
+    ("post", "/messages", {"text": "lost"}, "INSERT"),
+    ("patch", "/messages/1", {"text": "lost"}, "UPDATE"),
+    ("delete", "/messages/1", None, "DELETE"),
+]
+
+
 def test_a_connection_lost_mid_request_is_a_json_503_with_its_traceback_logged(
-    client, caplog, method, path, body, statement
+    client, caplog
 ):
     create(client, "first")
-    lose_connection_before(client.application.extensions["engine"], statement)
 
-    with caplog.at_level(logging.WARNING, logger=client.application.name):
-        response = getattr(client, method)(path, json=body)
+    for method, path, body, statement in REQUESTS_BY_STATEMENT:
+        closed = lose_connection_before(
+            client.application.extensions["engine"], statement
+        )
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger=client.application.name):
+            # Each from a thread of its own: step 2, without teardown, would
+            # answer a thread's next request with the failed Session.
+            response = run_in_new_thread(
+                lambda: getattr(client, method)(path, json=body)  # noqa: B023
+            )
 
-    assert response.status_code == 503
-    assert response.get_json()["error"].startswith("database unavailable (")
-    [record] = [r for r in caplog.records if r.name == client.application.name]
-    assert record.getMessage() == "database unavailable"
-    # The traceback goes to the log, not to the client.
-    assert record.exc_info is not None
-    assert "Traceback" not in response.get_data(as_text=True)
+        assert closed, (method, path)
+        assert response.status_code == 503, (method, path)
+        assert response.get_json()["error"].startswith("database unavailable (")
+        [record] = [r for r in caplog.records if r.name == client.application.name]
+        assert record.getMessage() == "database unavailable"
+        # The traceback goes to the log, not to the client.
+        assert record.exc_info is not None
+        assert "Traceback" not in response.get_data(as_text=True)
 
 
 def test_pool_shows_the_pool_the_process_and_the_database(client, database_url):
