@@ -6,6 +6,7 @@ the options of every case that compares itself with step 4.
 
 from flask import Flask
 from flask import abort
+from flask.globals import app_ctx
 from sqlalchemy import create_engine
 from sqlalchemy import select
 from sqlalchemy.orm import scoped_session
@@ -93,15 +94,22 @@ def step04_without_pre_ping(url, message):
     )
 
 
-def bare_scoped_session(url, message, **engine_options):
+def bare_scoped_session(url, message, scopefunc=None, **engine_options):
     """The article's technique in ten lines, with step 4's engine options."""
     engine = create_engine(url, **(engine_options or POOL_DEFAULTS))
-    session = scoped_session(sessionmaker(bind=engine))
+    session = scoped_session(sessionmaker(bind=engine), scopefunc=scopefunc)
     app = Flask("bare_scoped_session")
     app.teardown_appcontext(lambda exception: session.remove())
     app.extensions["engine"] = engine
     return answer_messages(
         app, lambda message_id: found_or_404(session.get(Message, message_id))
+    )
+
+
+def app_context_scope(url, message):
+    """The same ten lines, the Session keyed by the app context (step 9)."""
+    return bare_scoped_session(
+        url, message, scopefunc=lambda: id(app_ctx._get_current_object())
     )
 
 
@@ -184,6 +192,7 @@ CASES = {
     "step04_pooling": step("step04_pooling"),
     "step04, pre-ping off": step04_without_pre_ping,
     "bare scoped_session": bare_scoped_session,
+    "bare, app-context scope": app_context_scope,
     "Flask-SQLAlchemy 3.1": flask_sqlalchemy,
     "Flask-SQLAlchemy-Lite": flask_sqlalchemy_lite,
     "Flask-SQLAlchemy-Lite, no async teardown": lite_without_async_teardown,

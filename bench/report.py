@@ -20,9 +20,14 @@ def goals(backend):
     """Check the README's goals against one backend's numbers."""
     timings = backend["in_process"]
 
-    def step4_over(name):
+    def over(name, base):
         # From the µs, which the ratios (to step 4, two decimals) round off.
-        return timings[BASELINE]["µs per request"] / timings[name]["µs per request"]
+        return timings[name]["µs per request"] / timings[base]["µs per request"]
+
+    def step4_over(name):
+        return over(BASELINE, name)
+
+    app_context_over_thread = over("bare, app-context scope", "bare scoped_session")
 
     pid_check = backend["pid check"]
     share = pid_check["share of step 4's request"]
@@ -44,6 +49,11 @@ def goals(backend):
             "step 4 is no slower than Flask-SQLAlchemy 3.1",
             step4_over("Flask-SQLAlchemy 3.1"),
             step4_over("Flask-SQLAlchemy 3.1") <= 1 + NOISE,
+        ),
+        (
+            "app-context scope (step 9) is no slower than thread scope",
+            app_context_over_thread,
+            app_context_over_thread <= 1 + NOISE,
         ),
         (
             "step 4 is no slower than Flask-SQLAlchemy-Lite",

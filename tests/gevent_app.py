@@ -1,15 +1,18 @@
-"""Step 4's ``wsgi.py`` app with three routes that show what gevent makes of it.
+"""A step's ``wsgi.py`` app with three routes that show what gevent makes of it.
 
-The step is imported unchanged: under gunicorn's gevent worker, it is
-loaded before or after gevent's monkey-patching, by the same lines.
+Step 4's by default; GEVENT_APP_STEP names another (step 9's, whose
+Sessions belong to the app context). The step is imported unchanged: under
+gunicorn's gevent worker, it is loaded before or after gevent's
+monkey-patching, by the same lines.
 
 - ``/gevent/setup``: which psycopg wait function and which kind of
-  thread-local the worker ended up with.
+  registry the worker's scoped_session keeps its Sessions in.
 - ``/gevent/session``: holds the request's Session across a cooperative
   sleep; says how many requests held that same Session at once.
 - ``/gevent/query``: runs a query that keeps its connection busy for 100 ms.
 """
 
+import importlib
 import os
 import time
 from collections import Counter
@@ -17,8 +20,9 @@ from collections import Counter
 import psycopg.waiting
 from sqlalchemy import text
 
-from step04_pooling import db
-from step04_pooling.wsgi import app
+STEP = os.environ.get("GEVENT_APP_STEP", "step04_pooling")
+db = importlib.import_module(f"{STEP}.db")
+app = importlib.import_module(f"{STEP}.wsgi").app
 
 # How many requests hold each Session right now, by id(): each request
 # keeps its Session alive while counted, so no two live ones share an id.
@@ -27,7 +31,8 @@ holders = Counter()
 
 @app.get("/gevent/setup")
 def setup():
-    """Name the wait function psycopg chose and the session registry's local."""
+    """Name the wait function psycopg chose and where the registry keeps
+    Sessions: a thread-local (thread scope) or a dict (app-context scope)."""
     local = app.extensions["session"].registry.registry
     return {
         "pid": os.getpid(),

@@ -24,6 +24,23 @@ def steps_from(first):
 # The steps whose app has a second database, for its audit log.
 STEPS_WITH_TWO_DATABASES = steps_from("step06_multiple_databases")
 
+# The steps whose scoped_session keys its Sessions by the app context, and
+# those before, which key them by thread.
+STEPS_WITH_APP_CONTEXT_SCOPE = steps_from("step09_app_context")
+STEPS_WITH_THREAD_SCOPE = [
+    step
+    for step in steps_from("step02_session")
+    if step not in STEPS_WITH_APP_CONTEXT_SCOPE
+]
+
+
+def keeps_a_session(registry):
+    """Say whether a scoped_session still keeps a Session: this thread's,
+    where Sessions are kept per thread, or any app context's."""
+    if registry.registry.__class__.__name__ == "ThreadLocalRegistry":
+        return registry.registry.has()
+    return bool(registry.registry.registry)
+
 
 def connections_opened_at_startup(step):
     """Return how many connections creating the step's app opens: its pool's

@@ -5,6 +5,7 @@ extensions; each claim it makes about them is asserted here, against the
 versions the project installs for its benchmark.
 """
 
+import gc
 import inspect
 
 import pytest
@@ -71,6 +72,35 @@ def test_flask_sqlalchemy_keys_a_scoped_session_by_the_app_contexts_id(url):
     app, db = make_flask_sqlalchemy(url)
 
     assert db.session.registry.scopefunc is flask_sqlalchemy.session._app_ctx_id
+
+
+@pytest.mark.parametrize("make", EXTENSIONS)
+def test_an_async_view_gives_its_connection_back_at_teardown(make, url):
+    # An async view on each extension, the garbage collector off: both key
+    # the Session by the app context, which the view's thread shares with
+    # the request, so teardown closes the Session the view used.
+    app, db = make(url)
+
+    async def read_async():
+        session = db.session() if callable(db.session) else db.session
+        return {"one": session.execute(text("SELECT 1")).scalar()}
+
+    app.add_url_rule("/async", view_func=read_async)
+    client = app.test_client()
+    with app.app_context():
+        engine = db.engine
+
+    gc.collect()
+    gc.disable()
+    try:
+        answers = [
+            (client.get("/async").status_code, engine.pool.checkedout())
+            for _ in range(10)
+        ]
+    finally:
+        gc.enable()
+
+    assert answers == [(200, 0)] * 10
 
 
 @pytest.mark.parametrize("make", EXTENSIONS)

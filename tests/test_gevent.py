@@ -142,8 +142,8 @@ def errors_in(answers):
     return [answer for answer in answers if not 200 <= (answer[0] or 0) < 300]
 
 
-def measure(server, database_url, options, log_path):
-    """Serve step 4 under gunicorn's gevent worker with ``options``, load it
+def measure(server, database_url, options, log_path, step):
+    """Serve a step under gunicorn's gevent worker with ``options``, load it
     through /gevent/session and then /gevent/query, and stop it."""
     with Gunicorn(
         "tests.gevent_app:app",
@@ -151,7 +151,12 @@ def measure(server, database_url, options, log_path):
             *("--worker-class", "gevent", "--workers", "1"),
             *("--worker-connections", str(GREENLETS), *options),
         ],
-        {"DATABASE_URL": database_url},
+        # Step 9's audit database is never read here: the same one will do.
+        {
+            "DATABASE_URL": database_url,
+            "AUDIT_DATABASE_URL": database_url,
+            "GEVENT_APP_STEP": step,
+        },
         log_path,
     ) as gunicorn:
         url = gunicorn.url
@@ -185,8 +190,8 @@ def measure_with(postgres, tmp_path_factory):
     database_url = postgres.create_database()
     folder = tmp_path_factory.mktemp("gevent")
 
-    def measure_options(name, *options):
-        return measure(postgres, database_url, options, folder / f"{name}.log")
+    def measure_options(name, *options, step="step04_pooling"):
+        return measure(postgres, database_url, options, folder / f"{name}.log", step)
 
     yield measure_options
     postgres.drop_database(database_url)
@@ -202,6 +207,12 @@ def without_preload(measure_with):
 def with_preload(measure_with):
     """Measure gevent workers forked from a master that loaded the app."""
     return measure_with("with_preload", "--preload")
+
+
+@pytest.fixture(scope="module")
+def step9_with_preload(measure_with):
+    """Measure step 9, Sessions per app context, with --preload."""
+    return measure_with("step9_with_preload", "--preload", step="step09_app_context")
 
 
 @pytest.fixture(scope="module")
@@ -263,3 +274,20 @@ def test_patching_in_the_config_file_lets_preloaded_queries_run_at_once(
     assert patched_before_preload.wait == "wait_poll", patched_before_preload
     assert patched_before_preload.most_queries_at_once >= 5, patched_before_preload
     assert patched_before_preload.errors == [], patched_before_preload.log
+
+
+def test_with_preload_step_9_gives_each_request_its_own_session(
+    step9_with_preload, with_preload
+):
+    # Flask keeps the app context in a context variable, and greenlet gives
+    # each greenlet variables of its own, patched or not: keyed by the app
+    # context, the greenlets' Sessions are apart where step 4's thread
+    # scope, which steps 5 to 8 keep, shares one (with_preload).
+    assert step9_with_preload.local == "builtins.dict", step9_with_preload
+    assert step9_with_preload.most_requests_on_one_session == 1, step9_with_preload
+    assert with_preload.most_requests_on_one_session >= 5, with_preload
+    assert step9_with_preload.errors == [], step9_with_preload.log
+    # The scope changes nothing of psycopg's choice: imported in the master,
+    # before patching, its C wait still runs one query at a time.
+    assert step9_with_preload.wait == "wait_c", step9_with_preload
+    assert step9_with_preload.most_queries_at_once == 1, step9_with_preload

@@ -19,6 +19,7 @@ from .faults import lose_connection_before
 from .stale_reads import change_text_elsewhere
 from .stale_reads import read_again_after_a_change_elsewhere
 from .steps import SMALL_POOL
+from .steps import STEPS_WITH_THREAD_SCOPE
 from .steps import message_class
 from .steps import pool_status
 from .steps import steps_from
@@ -29,7 +30,8 @@ QUEUEPOOL_LIMIT = "QueuePool limit of size 2 overflow 0 reached"
 SMALL_POOL_FAILING_FAST = {**SMALL_POOL, "pool_timeout": 1}
 
 
-@pytest.mark.parametrize("step", steps_from("step02_session"))
+# From step 9 on, the app context has the Session (tests/test_step09_app_context.py).
+@pytest.mark.parametrize("step", STEPS_WITH_THREAD_SCOPE)
 def test_each_thread_gets_its_own_session_and_keeps_it(step, make_app):
     registry = make_app(step).extensions["session"]
 

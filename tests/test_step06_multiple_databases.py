@@ -347,7 +347,7 @@ def prepared_transactions(url):
 def test_two_phase_commit_undoes_both_when_a_prepare_fails(step, make_app):
     app = make_app(step)
     # What step 6 would change to commit in two phases: one keyword.
-    app.extensions["session"].configure(twophase=True)
+    app.extensions["session"].session_factory.configure(twophase=True)
     fail_the_second(app, "prepare_twophase")
 
     response = app.test_client().post("/messages", json={"text": "all or none"})
@@ -365,7 +365,7 @@ def test_two_phase_commit_leaves_a_failed_commit_prepared_to_finish_later(
     step, make_app
 ):
     app = make_app(step)
-    app.extensions["session"].configure(twophase=True)
+    app.extensions["session"].session_factory.configure(twophase=True)
     reached = fail_the_second(app, "commit_twophase")
 
     response = app.test_client().post("/messages", json={"text": "in doubt"})

@@ -158,7 +158,9 @@ def test_without_savepoints_a_failed_request_takes_earlier_writes_with_it(
     with isolated(app):
         # The failing variant: the Session joins the held transaction
         # without a savepoint, and its rollback is the whole test's.
-        app.extensions["session"].configure(join_transaction_mode="rollback_only")
+        app.extensions["session"].session_factory.configure(
+            join_transaction_mode="rollback_only"
+        )
         client.post("/messages", json={"text": "earlier"})
         refuse_the_next(app.extensions["audit_engine"], "INSERT")
 
@@ -304,29 +306,32 @@ def test_a_session_made_before_the_block_carries_none_of_its_writes_past_it(
     app = make_app(step)
     registry = app.extensions["session"]
     Message = message_class(app)
-    # The thread's Session, made before the block and in a transaction on
-    # a connection of the engine's: the block must not write through it.
-    made_before = registry()
-    assert texts_through(made_before) == []
 
-    with isolated(app):
-        app.test_client().post("/messages", json={"text": "through the API"})
-        inside = registry()
-        inside.add(Message(text="through the thread's Session"))
-        inside.commit()
-        assert texts_through(inside) == [
-            "through the API",
-            "through the thread's Session",
-        ]
+    with app.app_context():
+        # The app context's Session, made before the block and in a
+        # transaction on a connection of the engine's: the block must not
+        # write through it.
+        made_before = registry()
+        assert texts_through(made_before) == []
 
-    # The thread's registry starts afresh, and nothing the block wrote is
-    # there, through the Session from before the block or a new one.
-    after = registry()
-    assert after is not inside
-    assert texts_through(after) == []
-    assert texts_through(made_before) == []
-    registry.remove()
-    made_before.close()
+        with isolated(app):
+            app.test_client().post("/messages", json={"text": "through the API"})
+            inside = registry()
+            inside.add(Message(text="through the context's Session"))
+            inside.commit()
+            assert texts_through(inside) == [
+                "through the API",
+                "through the context's Session",
+            ]
+
+        # The registry starts afresh, and nothing the block wrote is there,
+        # through the Session from before the block or a new one.
+        after = registry()
+        assert after is not inside
+        assert texts_through(after) == []
+        assert texts_through(made_before) == []
+        registry.remove()
+        made_before.close()
     assert committed(app) == NOTHING
 
 

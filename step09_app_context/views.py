@@ -1,0 +1,106 @@
+"""The routes that use the database: the page's messages and the JSON API."""
+
+from flask import url_for
+from sqlalchemy import delete
+from sqlalchemy import select
+
+from . import db
+from .web import MESSAGE_ID
+from .web import bp
+from .web import message_not_found
+from .web import read_text
+from .web import render_page
+
+
+@bp.get("/")
+def index():
+    """Show the messages, a form to add one, and the live pool panel."""
+    Message = db.get_models().Message
+    messages = db.get_session().scalars(select(Message).order_by(Message.id))
+    return render_page(messages, columns=Message.__table__.columns.keys())
+
+
+@bp.get("/messages")
+async def list_messages():
+    """List the messages by id, from an async view."""
+    # Flask runs it in a thread and event loop made for this call: the
+    # Session is still the request's, since it belongs to the app context.
+    Message = db.get_models().Message
+    messages = db.get_session().scalars(select(Message).order_by(Message.id))
+    return [message.to_dict() for message in messages]
+
+
+@bp.post("/messages")
+def create_message():
+    """Add a message from a JSON body ``{"text": ...}``."""
+    text = read_text()
+    session = db.get_session()
+    message = db.get_models().Message(text=text)
+    session.add(message)
+    # The insert first, for the new message's id, then its audit entry.
+    session.flush()
+    record(session, "create", message.id, text)
+    # One commit, two databases: each commits its own transaction, one
+    # after the other, so a failure between the two leaves one written.
+    session.commit()
+    location = url_for(".get_message", message_id=message.id)
+    return message.to_dict(), 201, {"Location": location}
+
+
+@bp.get(f"/messages/{MESSAGE_ID}")
+def get_message(message_id):
+    """Show one message."""
+    return find_message(message_id).to_dict()
+
+
+@bp.patch(f"/messages/{MESSAGE_ID}")
+def update_message(message_id):
+    """Replace a message's text from a JSON body ``{"text": ...}``."""
+    text = read_text()
+    message = find_message(message_id)
+    message.text = text
+    session = db.get_session()
+    record(session, "update", message_id, text)
+    session.commit()
+    return message.to_dict()
+
+
+@bp.delete(f"/messages/{MESSAGE_ID}")
+def delete_message(message_id):
+    """Delete a message."""
+    Message = db.get_models().Message
+    session = db.get_session()
+    # One statement, so a message deleted meanwhile is simply not found.
+    deleted = session.execute(delete(Message).where(Message.id == message_id))
+    if deleted.rowcount == 0:
+        message_not_found(message_id)
+    record(session, "delete", message_id)
+    session.commit()
+    return "", 204
+
+
+@bp.get("/audit")
+def list_audit_log():
+    """List the audit log of every write, from the audit database, by id."""
+    AuditEntry = db.get_models().AuditEntry
+    entries = db.get_session().scalars(select(AuditEntry).order_by(AuditEntry.id))
+    return [entry.to_dict() for entry in entries]
+
+
+def record(session, action, message_id, text=None):
+    """Add a write's entry to the audit log, bound for the audit database."""
+    # Write the message first, then its entry, so that every request locks
+    # the two databases in the same order. SQLite locks a whole database
+    # for each write: two requests locking them in opposite orders would
+    # each wait for the other until the busy timeout, then fail.
+    session.flush()
+    entry = db.get_models().AuditEntry(action=action, message_id=message_id, text=text)
+    session.add(entry)
+
+
+def find_message(message_id):
+    """Return the message with this id, or abort with 404."""
+    message = db.get_session().get(db.get_models().Message, message_id)
+    if message is None:
+        message_not_found(message_id)
+    return message

@@ -1,0 +1,497 @@
+"""Step 9: the Session belongs to the app context, not to the thread.
+
+Each proof runs its failing variant on step 8, whose scoped_session keys
+its Sessions by thread, with the same code: an async view, an app context
+nested in another, a thread the app starts. Streaming holds the Session on
+both; what frees it is a pattern, shown beside the one that holds it.
+"""
+
+import contextlib
+import gc
+import importlib
+import inspect
+import json
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
+
+import click
+import pytest
+import requests
+from flask import Flask
+from flask import current_app
+from sqlalchemy import create_engine
+from sqlalchemy import select
+from sqlalchemy import text
+from sqlalchemy.exc import InvalidRequestError
+from sqlalchemy.orm import scoped_session
+from sqlalchemy.orm import sessionmaker
+
+from testbed.gunicorn import Gunicorn
+from testbed.step_apps import initialize_databases
+from testbed.threads import in_threads
+from testbed.threads import run_in_new_thread
+
+from .steps import SMALL_POOL
+from .steps import import_step
+from .steps import message_class
+from .streams import add_streams
+
+STEP = "step09_app_context"
+# The step before, keyed by thread: each proof's failing variant.
+THREAD_SCOPED = "step08_pgbouncer"
+# Two connections, no overflow, and a request that finds none free within
+# half a second gives up with a 503.
+SMALL_POOL_FAILING_FAST = {**SMALL_POOL, "pool_timeout": 0.5}
+QUEUEPOOL_LIMIT = "QueuePool limit of size 2 overflow 0 reached"
+
+
+def step_db(app):
+    """Return the db module of the app's step."""
+    return importlib.import_module(f"{app.import_name}.db")
+
+
+@contextlib.contextmanager
+def garbage_collector_off():
+    """Run the block with the cyclic garbage collector off, so that nothing
+    gives back a connection that its owner did not."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def checked_out(app):
+    """Return how many connections of the app's main pool are in use.
+
+    Read from the pool, not through GET /pool: a request sent while a
+    stream holds its app context would run inside that context.
+    """
+    return app.extensions["engine"].pool.checkedout()
+
+
+# 1. Async views
+
+
+def add_async_read(app):
+    """Add step 9's async read of the messages to an app, as /async-messages."""
+    db = step_db(app)
+
+    async def read_messages_async():
+        Message = db.get_models().Message
+        messages = db.get_session().scalars(select(Message).order_by(Message.id))
+        return [message.to_dict() for message in messages]
+
+    app.add_url_rule("/async-messages", view_func=read_messages_async)
+
+
+def test_the_step_serves_its_list_of_messages_from_an_async_view(make_app):
+    app = make_app(STEP)
+
+    assert inspect.iscoroutinefunction(app.view_functions["messages.list_messages"])
+
+
+def test_async_requests_give_their_connection_back_without_the_garbage_collector(
+    make_app,
+):
+    app = make_app(STEP, engine_options=SMALL_POOL_FAILING_FAST)
+    client = app.test_client()
+    client.post("/messages", json={"text": "read asynchronously"})
+
+    with garbage_collector_off():
+        answers = []
+        for _ in range(20):
+            response = client.get("/messages")
+            answers.append((response.status_code, checked_out(app)))
+
+    # Ten times the pool, and every connection back after each request.
+    assert answers == [(200, 0)] * 20
+
+
+def test_on_step_8_each_async_request_keeps_its_connection_until_collected(
+    make_app,
+):
+    app = make_app(THREAD_SCOPED, engine_options=SMALL_POOL_FAILING_FAST)
+    add_async_read(app)
+    client = app.test_client()
+
+    with garbage_collector_off():
+        answers = []
+        for _ in range(4):
+            response = client.get("/async-messages")
+            answers.append((response.status_code, checked_out(app)))
+        # The view's Session belongs to the thread Flask made for the call;
+        # teardown, on the request's thread, removed that thread's instead.
+        assert answers == [(200, 1), (200, 2), (503, 2), (503, 2)]
+        assert QUEUEPOOL_LIMIT in response.get_json()["error"]
+
+    # What gives them back: the garbage collector, whenever it runs.
+    gc.collect()
+    assert checked_out(app) == 0
+
+
+def get_from_clients(url, path, clients=20, requests_each=10):
+    """GET ``path`` from ``clients`` threads at once; return (status, body)s."""
+
+    def client(number, stop):
+        with requests.Session() as http:
+            answers = []
+            for _ in range(requests_each):
+                response = http.get(url + path, timeout=30)
+                answers.append((response.status_code, response.json()))
+            return answers
+
+    return [answer for answers in in_threads(client, clients) for answer in answers]
+
+
+# asgiref's event loop and gevent's greenlets: not the scope's doing, and
+# the same on any database.
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_under_gevent_async_requests_at_once_answer_503_and_sync_ones_succeed(
+    databases_for, tmp_path
+):
+    databases = databases_for(STEP)
+    initialize_databases(import_step(STEP).create_app, databases)
+    with Gunicorn(
+        f"{STEP}.wsgi:app",
+        [*("--worker-class", "gevent", "--workers", "1"), "--worker-connections=50"],
+        databases,
+        tmp_path / "gunicorn.log",
+    ) as gunicorn:
+        requests.post(gunicorn.url + "/messages", json={"text": "one"}, timeout=30)
+        async_answers = get_from_clients(gunicorn.url, "/messages")
+        sync_answers = get_from_clients(gunicorn.url, "/messages/1")
+        log = gunicorn.log()
+
+    # gevent's patched threads are greenlets of one thread: an async view
+    # that starts while another's event loop runs there is refused by
+    # asgiref. The app answers 503, never a 500; the sync view is unharmed.
+    assert {status for status, _ in async_answers} == {200, 503}, log[-3000:]
+    refused = [body for status, body in async_answers if status == 503]
+    assert {body["error"] for body in refused} == {
+        "request failed (RuntimeError): try again"
+    }
+    assert "You cannot use AsyncToSync in the same thread as an async event loop" in (
+        log
+    )
+    assert {status for status, _ in sync_answers} == {200}
+
+
+def test_in_the_articles_app_an_async_view_runs_the_pool_dry_with_a_500(tmp_path):
+    # The article's technique as it stands: a module-level engine, a
+    # thread-scoped scoped_session removed on teardown, no error handlers.
+    engine = create_engine(
+        f"sqlite:///{tmp_path / 'article.sqlite'}", **SMALL_POOL_FAILING_FAST
+    )
+    session = scoped_session(sessionmaker(bind=engine))
+    app = Flask("the_articles_app")
+    app.teardown_appcontext(lambda exception: session.remove())
+
+    @app.get("/async")
+    async def read_async():
+        return {"one": session.execute(text("SELECT 1")).scalar()}
+
+    client = app.test_client()
+    with garbage_collector_off():
+        statuses = [client.get("/async").status_code for _ in range(3)]
+        assert engine.pool.checkedout() == 2
+
+    assert statuses == [200, 200, 500]
+    engine.dispose()
+
+
+# 2. Nested app contexts
+
+
+def write_with_a_nested_app_context(db):
+    """Add a message, run a helper in an app context of its own, commit.
+
+    As a helper that pushes a context for its own work does, inside a
+    request or a CLI command. Return the texts stored after.
+    """
+    session = db.get_session()
+    session.add(db.get_models().Message(text="added before the nested context"))
+    with current_app.app_context():
+        db.get_session().execute(text("SELECT 1"))
+    session.commit()
+    Message = db.get_models().Message
+    return list(db.get_session().scalars(select(Message.text)))
+
+
+def add_nested_writes(app):
+    """Add the nested write as a route and as a CLI command."""
+    db = step_db(app)
+
+    @app.post("/nested")
+    def nested_in_a_request():
+        return {"stored": write_with_a_nested_app_context(db)}
+
+    @app.cli.command("nested")
+    def nested_in_a_command():
+        click.echo(json.dumps(write_with_a_nested_app_context(db)))
+
+
+def run_nested_write(app, where):
+    """Run the nested write in a request or a CLI command; return what it stored."""
+    if where == "request":
+        return app.test_client().post("/nested").get_json()["stored"]
+    result = app.test_cli_runner().invoke(args=["nested"])
+    assert result.exception is None, result.output
+    return json.loads(result.output)
+
+
+@pytest.mark.parametrize("where", ["request", "command"])
+def test_a_nested_app_context_leaves_the_outer_sessions_work_alone(make_app, where):
+    app = make_app(STEP)
+    add_nested_writes(app)
+
+    assert run_nested_write(app, where) == ["added before the nested context"]
+
+
+@pytest.mark.parametrize("where", ["request", "command"])
+def test_on_step_8_a_nested_app_context_loses_the_outer_sessions_work(make_app, where):
+    app = make_app(THREAD_SCOPED)
+    add_nested_writes(app)
+
+    # The inner context's teardown removed the thread's Session, with the
+    # message it held; commit() then had nothing to write, and said nothing.
+    assert run_nested_write(app, where) == []
+
+
+def test_nested_app_contexts_each_have_a_session_and_teardown_closes_the_inner(
+    make_app,
+):
+    app = make_app(STEP)
+    registry = app.extensions["session"]
+    Message = message_class(app)
+
+    with app.app_context():
+        outer = registry()
+        pending = Message(text="pending in the outer Session")
+        outer.add(pending)
+        with app.app_context():
+            inner = registry()
+            inner.execute(text("SELECT 1"))
+        assert inner is not outer
+        assert registry() is outer
+        assert pending in outer
+        assert checked_out(app) == 0
+    # Each context's teardown closed its own Session.
+    assert pending not in outer
+    assert checked_out(app) == 0
+
+
+# 4. Streaming
+
+
+def app_with_streams(make_app, step=STEP):
+    """Return an app with the streaming routes and three messages."""
+    app = make_app(step)
+    add_streams(app)
+    for number in range(3):
+        app.test_client().post("/messages", json={"text": f"line {number}"})
+    return app
+
+
+def start_stream(app, path):
+    """Start a stream; return the response, its body's iterator, the first line."""
+    response = app.test_client().get(path)
+    body = iter(response.response)
+    return response, body, next(body)
+
+
+@pytest.mark.parametrize("step", [STEP, THREAD_SCOPED])
+def test_a_stream_of_the_views_own_query_fails_its_teardown_ran_first(make_app, step):
+    app = app_with_streams(make_app, step)
+
+    # Flask 3.1 tears the app context down as the view returns, and pushes
+    # it again for the stream: the view's Session is closed by then.
+    with pytest.raises(InvalidRequestError, match="Has the owning Session been closed"):
+        start_stream(app, "/stream/from-the-view")
+    assert checked_out(app) == 0
+
+
+@pytest.mark.parametrize("step", [STEP, THREAD_SCOPED])
+def test_a_stream_that_queries_holds_a_connection_until_it_ends_or_is_closed(
+    make_app, step
+):
+    app = app_with_streams(make_app, step)
+
+    response, body, first = start_stream(app, "/stream/as-read")
+    assert first == b"line 0\n"
+    # The stream's Session, of the context pushed again for it, holds its
+    # connection for as long as the stream runs, whatever the scope.
+    assert checked_out(app) == 1
+    # A client that goes away: the server closes the body, the context
+    # ends, and its teardown gives the connection back.
+    response.close()
+    assert checked_out(app) == 0
+
+
+def test_a_stream_that_reads_first_and_closes_the_session_holds_none(make_app):
+    app = app_with_streams(make_app)
+
+    response, body, first = start_stream(app, "/stream/read-first")
+
+    assert first == b"line 0\n"
+    assert checked_out(app) == 0
+    assert list(body) == [b"line 1\n", b"line 2\n"]
+    response.close()
+    assert checked_out(app) == 0
+
+
+@contextlib.contextmanager
+def stream_over_http(url, path):
+    """Open a stream over HTTP and yield its first line of body; hang up
+    after the block, without reading the rest, as a client that leaves."""
+    address = urlsplit(url)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as raw:
+        raw.sendall(f"GET {path} HTTP/1.1\r\nHost: {address.netloc}\r\n\r\n".encode())
+        received = b""
+        while b"line 0\n" not in received:
+            chunk = raw.recv(4096)
+            assert chunk, received
+            received += chunk
+        yield received.partition(b"\r\n\r\n")[2]
+
+
+def wait_for(condition, seconds=10):
+    """Wait until ``condition()`` holds, at most ``seconds``; return whether it did."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+STREAMED_MESSAGES = 60
+
+
+@pytest.fixture
+def served_streams(databases_for, tmp_path):
+    """Serve step 9 with the streaming routes under gunicorn (threads, so
+    that /pool answers while a stream runs), with messages to stream; yield
+    the server and functions that read /pool and /stream/ended."""
+    databases = databases_for(STEP)
+    initialize_databases(import_step(STEP).create_app, databases)
+    with (
+        Gunicorn(
+            "tests.streaming_app:app",
+            ["--worker-class", "gthread", "--threads", "4", "--workers", "1"],
+            databases,
+            tmp_path / "gunicorn.log",
+        ) as gunicorn,
+        requests.Session() as http,
+    ):
+        for number in range(STREAMED_MESSAGES):
+            http.post(gunicorn.url + "/messages", json={"text": f"line {number}"})
+
+        def checked_out_there():
+            return http.get(gunicorn.url + "/pool", timeout=10).json()["checked_out"]
+
+        def lines_sent():
+            return http.get(gunicorn.url + "/stream/ended", timeout=10).json()[
+                "lines_sent"
+            ]
+
+        yield gunicorn, checked_out_there, lines_sent
+
+
+@pytest.mark.slow
+def test_under_gunicorn_a_client_that_hangs_up_ends_the_stream_and_its_session(
+    served_streams,
+):
+    gunicorn, checked_out_there, lines_sent = served_streams
+
+    with stream_over_http(gunicorn.url, "/stream/as-read") as first:
+        assert b"line 0\n" in first
+        assert checked_out_there() == 1
+
+    # gunicorn's next writes fail, and it closes the body: the stream ends
+    # early, and its app context with it, whose teardown gives the
+    # connection back.
+    assert wait_for(lambda: lines_sent() != []), gunicorn.log()
+    [sent] = lines_sent()
+    assert sent < STREAMED_MESSAGES
+    assert wait_for(lambda: checked_out_there() == 0)
+
+
+@pytest.mark.slow
+def test_under_gunicorn_a_stream_that_read_first_holds_no_connection(
+    served_streams,
+):
+    gunicorn, checked_out_there, lines_sent = served_streams
+
+    with stream_over_http(gunicorn.url, "/stream/read-first") as first:
+        assert b"line 0\n" in first
+        assert checked_out_there() == 0
+
+
+# 5. Threads the app starts
+
+
+def add_background_job(app):
+    """Add a route that hands a job to an executor thread, with the app."""
+    db = step_db(app)
+
+    def job(app):
+        # The thread has no app context: it pushes one of its own, whose
+        # teardown gives its Session's connection back.
+        with app.app_context():
+            session = db.get_session()
+            session.add(db.get_models().Message(text="written by the job"))
+            session.commit()
+            return id(session)
+
+    @app.post("/jobs")
+    def run_a_job():
+        request_session = db.get_session()
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            job_session = executor.submit(job, current_app._get_current_object())
+            return {"own_session": job_session.result() != id(request_session)}
+
+
+def test_a_thread_the_app_starts_has_its_own_session_in_its_own_app_context(
+    make_app,
+):
+    app = make_app(STEP)
+    add_background_job(app)
+    client = app.test_client()
+
+    with garbage_collector_off():
+        assert client.post("/jobs").get_json() == {"own_session": True}
+        assert checked_out(app) == 0
+    assert [message["text"] for message in client.get("/messages").get_json()] == [
+        "written by the job"
+    ]
+
+
+def test_a_thread_without_an_app_context_is_refused_a_session(make_app):
+    app = make_app(STEP)
+
+    def without_a_context():
+        with pytest.raises(RuntimeError, match="outside of application context"):
+            app.extensions["session"]()
+        return True
+
+    assert run_in_new_thread(without_a_context)
+
+
+def test_on_step_8_a_thread_without_an_app_context_keeps_a_connection(make_app):
+    app = make_app(THREAD_SCOPED)
+    registry = app.extensions["session"]
+
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        # The thread gets a Session of its own, that nothing removes: its
+        # connection stays checked out for as long as the thread lives.
+        executor.submit(lambda: registry().execute(text("SELECT 1"))).result()
+        assert checked_out(app) == 1
+        gc.collect()
+        assert checked_out(app) == 1
+        executor.submit(registry.remove).result()
+    assert checked_out(app) == 0
