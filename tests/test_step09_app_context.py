@@ -204,6 +204,29 @@ def test_in_the_articles_app_an_async_view_runs_the_pool_dry_with_a_500(tmp_path
     engine.dispose()
 
 
+def test_isolated_app_admits_the_async_views_of_its_requests(make_app):
+    app = make_app(STEP)
+    isolated = import_step(f"{STEP}.testing").isolated
+
+    with isolated(app):
+        client = app.test_client()
+        created = client.post("/messages", json={"text": "inside the block"})
+        # The async view runs in a thread of its own, with the block's
+        # context variables: it reads the block's uncommitted write.
+        assert client.get("/messages").get_json() == [created.get_json()]
+
+    assert app.test_client().get("/messages").get_json() == []
+
+
+def test_on_step_8_isolated_app_refuses_an_async_views_thread(make_app):
+    app = make_app(THREAD_SCOPED)
+    add_async_read(app)
+    testing = import_step(f"{THREAD_SCOPED}.testing")
+
+    with testing.isolated(app), pytest.raises(testing.IsolationError):
+        app.test_client().get("/async-messages")
+
+
 # 2. Nested app contexts
 
 
