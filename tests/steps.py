@@ -21,6 +21,18 @@ def steps_from(first):
     return [step for step in STEPS if step >= first]
 
 
+# Step 7 adds a test helper, testing.py, and its app runs as step 6's does:
+# its db.py, models.py and views.py are step 6's, byte for byte
+# (tests/test_layout.py). The tests that start servers, fork or send load
+# leave it out; its own tests and the contract run on it as on every step.
+RUNS_AS_THE_STEP_BEFORE = {"step07_testing": "step06_multiple_databases"}
+
+
+def served(steps):
+    """Return the steps but those whose app runs as the step before's does."""
+    return [step for step in steps if step not in RUNS_AS_THE_STEP_BEFORE]
+
+
 # The steps whose app has a second database, for its audit log.
 STEPS_WITH_TWO_DATABASES = steps_from("step06_multiple_databases")
 

@@ -31,9 +31,9 @@ UNREACHABLE_DATABASE = "postgresql+psycopg://reader@127.0.0.1:9/articles"
 # The page's code is the same bytes in every step (tests/test_layout.py), and
 # what it reads from a step, /pool and the API, the contract tests check on
 # every step and both databases. So a browser runs it on the steps whose
-# pages differ in what it is given: the first, the first with pool settings
-# of its own, and the first with two engines.
-BROWSER_STEPS = ["step01_engine", "step04_pooling", "step06_multiple_databases"]
+# pages differ in what it is given: the first, with SQLAlchemy's pool
+# settings, and the first with two engines, with step 4's.
+BROWSER_STEPS = ["step01_engine", "step06_multiple_databases"]
 
 
 @pytest.fixture(params=BROWSER_STEPS)
@@ -126,13 +126,13 @@ def test_the_chart_accumulates_a_sample_a_second(step, serve, page):
         assert len(points) >= 4
 
 
-# Each step's own settings; an override on step 4, whose concept they are.
+# Each step's own settings, and an override of step 4's.
 SETTINGS_RUNS = [
     *(pytest.param(step, {}, id=f"{step}-defaults") for step in BROWSER_STEPS),
     pytest.param(
-        "step04_pooling",
+        "step06_multiple_databases",
         {"pool_pre_ping": True, "pool_size": 3, "pool_recycle": 60},
-        id="step04_pooling-override",
+        id="step06_multiple_databases-override",
     ),
 ]
 

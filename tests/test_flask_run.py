@@ -2,9 +2,14 @@
 
 import json
 
+import pytest
 from sqlalchemy.engine import make_url
 
+from .steps import STEPS
+from .steps import served
 
+
+@pytest.mark.parametrize("step", served(STEPS))
 def test_flask_run_serves_the_api_and_the_page_with_engine_options_from_the_env(
     step, serve, database_url
 ):

@@ -31,6 +31,7 @@ from testbed.stopping import stop_process
 
 from .preloading import preloaded_environment
 from .steps import import_step
+from .steps import served
 from .steps import steps_from
 
 pytestmark = pytest.mark.slow
@@ -88,13 +89,13 @@ def stop_uwsgi(uwsgi):
 
 
 # Step 3, the failing variant; step 4, whose concept this is; step 6, the
-# first with two engines; step 8, the last. The multiprocessing drill below
-# runs every step.
+# first with two engines; step 9, the last. The multiprocessing drill below
+# runs every step that serves as its own.
 UWSGI_STEPS = [
     "step03_teardown",
     "step04_pooling",
     "step06_multiple_databases",
-    "step08_pgbouncer",
+    "step09_app_context",
 ]
 
 
@@ -150,7 +151,7 @@ def serve_in_worker(requests_count):
 @pytest.mark.parametrize(
     ("step", "processes"),
     # Step 3's single worker: several on one shared socket might wait forever.
-    [("step03_teardown", 1), *((step, 3) for step in STEPS_WITH_POOL_OWNER)],
+    [("step03_teardown", 1), *((step, 3) for step in served(STEPS_WITH_POOL_OWNER))],
 )
 def test_multiprocessing_fork_workers_serve_on_connections_of_their_own(
     step, processes, make_app, monkeypatch

@@ -8,6 +8,9 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from .steps import STEPS
+from .steps import served
+
 # Any code point, lone surrogates included, and NUL and a lone surrogate
 # more often than chance would draw them: no database stores either.
 CHARACTERS = st.characters(exclude_categories=()) | st.sampled_from(["\x00", "\ud800"])
@@ -33,11 +36,12 @@ CONTENT_TYPES = st.sampled_from(
 )
 
 
-# Examples per step and database: sixteen runs of each test, over the
-# same validation code, so each run can afford fewer.
+# Examples per step and database: many runs of each test, over the same
+# validation code, so each run can afford fewer.
 @pytest.mark.slow
+@pytest.mark.parametrize("step", served(STEPS))
 @settings(
-    max_examples=80,
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
@@ -53,8 +57,9 @@ def test_no_request_gets_a_server_error(client, method, path, body, content_type
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("step", served(STEPS))
 @settings(
-    max_examples=50,
+    max_examples=40,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )

@@ -13,6 +13,7 @@ import pytest
 
 from testbed import ROOT
 
+from .steps import RUNS_AS_THE_STEP_BEFORE
 from .steps import STEPS
 
 SHARED_FILES = [
@@ -87,6 +88,14 @@ def changed_lines(before, after):
             if line[:1] in "+-" and not line.startswith(("+++", "---"))
         )
     return counted
+
+
+@pytest.mark.parametrize(("step", "before"), RUNS_AS_THE_STEP_BEFORE.items())
+def test_a_step_the_server_tests_leave_out_runs_the_app_of_the_step_before(
+    step, before
+):
+    for name in ("db.py", "models.py", "views.py"):
+        assert (ROOT / step / name).read_bytes() == (ROOT / before / name).read_bytes()
 
 
 @pytest.mark.parametrize("name", SHARED_FILES)

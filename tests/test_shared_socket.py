@@ -22,6 +22,7 @@ from flask import got_request_exception
 from sqlalchemy import text
 
 from .steps import STEPS
+from .steps import served
 
 # How long the child talks on the shared socket.
 SHARING_SECONDS = 1.5
@@ -97,7 +98,7 @@ def requests_of_every_kind(client, message_id):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("step", served(STEPS))
 def test_two_processes_on_one_connections_socket_get_json_503s_never_a_500(
     step, make_app, postgres
 ):

@@ -26,6 +26,7 @@ from .steps import STEPS_WITH_THREAD_SCOPE
 from .steps import keeps_a_session
 from .steps import message_class
 from .steps import pool_status
+from .steps import served
 from .steps import steps_from
 
 STEPS_WITH_TEARDOWN = steps_from("step03_teardown")
@@ -131,18 +132,20 @@ def test_a_failed_transaction_leaves_nothing_for_the_threads_next_request(client
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("step", served(STEPS_WITH_TEARDOWN))
 def test_reused_threads_share_a_small_pool_without_a_failure(step, make_app):
     app = make_app(step, engine_options=SMALL_POOL)
 
-    outcomes = requests_from_threads(app, threads=8, requests_each=200)
+    outcomes = requests_from_threads(app, threads=8, requests_each=100)
 
-    assert [len(outcome) for outcome in outcomes] == [200] * 8
+    assert [len(outcome) for outcome in outcomes] == [100] * 8
     assert {answer.status for outcome in outcomes for answer in outcome} == {200}
     status = pool_status(app.test_client())
     assert status["checked_out"] == 0
     assert status["connects"] <= 2
 
 
+@pytest.mark.parametrize("step", served(STEPS_WITH_TEARDOWN))
 def test_flask_run_serves_every_request_from_a_small_pool(step, serve):
     server = serve(step, FLASK_ENGINE_OPTIONS=json.dumps(SMALL_POOL))
 

@@ -26,6 +26,7 @@ from testbed.step_apps import dispose_engines
 
 from .steps import import_step
 from .steps import pool_status
+from .steps import served
 from .steps import steps_from
 from .workers import worker_answers
 
@@ -170,7 +171,7 @@ def test_init_db_applies_the_schema_file_so_the_database_owns_the_defaults(
 
 @pytest.mark.parametrize(
     ("step", "opened_at_startup"),
-    [("step04_pooling", 0), *((step, 1) for step in STEPS_WITH_REFLECTION)],
+    [("step04_pooling", 0), *((step, 1) for step in served(STEPS_WITH_REFLECTION))],
 )
 def test_creating_the_app_connects_to_map_the_models(step, opened_at_startup, make_app):
     client = make_app(step).test_client()
@@ -221,7 +222,7 @@ def test_a_forked_child_leaves_reflections_connection_to_the_parent(
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("step", "inherited"),
-    [("step04_pooling", 0), *((step, 1) for step in STEPS_WITH_REFLECTION)],
+    [("step04_pooling", 0), *((step, 1) for step in served(STEPS_WITH_REFLECTION))],
 )
 def test_gunicorn_preload_maps_the_models_in_the_master_before_fork(
     step, inherited, make_app, databases_for

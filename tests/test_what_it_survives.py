@@ -25,7 +25,7 @@ from .steps import STEPS
 from .steps import pool_status
 
 THREADS = 16
-REQUESTS_PER_THREAD = 75
+REQUESTS_PER_THREAD = 50
 # On PostgreSQL, the steps that change what a request does with the
 # database: step 1's connection per request, step 3's teardown, step 4's
 # pool, step 5's models mapped on first use (under a lock), step 6's second

@@ -18,6 +18,7 @@ from testbed.step_apps import databases_in
 from testbed.step_apps import initialize_databases
 
 from .steps import import_step
+from .steps import served
 from .steps import steps_from
 from .workers import worker_answers
 
@@ -31,7 +32,7 @@ PRELOAD_RUNS = [
     ("step03_teardown", "sqlite", 0),
     ("step04_pooling", "sqlite", 1),
     ("step03_teardown", "postgresql", 0),
-    *((step, "postgresql", 1) for step in steps_from("step04_pooling")),
+    *((step, "postgresql", 1) for step in served(steps_from("step04_pooling"))),
 ]
 
 
