@@ -302,6 +302,21 @@ def test_step_4s_ratios_and_pid_check_are_those_of_the_reference_run():
     assert f"{shares[0]:.2%} of step 4's request on SQLite and {shares[1]:.2%}" in text
 
 
+def test_the_cost_of_the_app_context_scope_is_that_of_the_reference_run():
+    results = json.loads((ROOT / "bench" / "results" / "results.json").read_text())
+    ratios = []
+    for backend in results["backends"]:
+        timings = backend["in_process"]
+        ratios.append(
+            timings["bare, app-context scope"]["µs per request"]
+            / timings["bare scoped_session"]["µs per request"]
+        )
+    cited = f"{ratios[0]:.3f}× on SQLite and {ratios[1]:.3f}× on PostgreSQL"
+
+    assert cited in words(page(BENCHMARK))
+    assert cited in words(page("step09_app_context/README.md"))
+
+
 def test_the_load_figures_are_those_of_the_reference_run():
     results = json.loads((ROOT / "bench" / "results" / "results.json").read_text())
     [postgresql] = [b for b in results["backends"] if b["backend"] == "postgresql"]
