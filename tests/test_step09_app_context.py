@@ -34,6 +34,7 @@ from testbed.threads import in_threads
 from testbed.threads import run_in_new_thread
 
 from .steps import SMALL_POOL
+from .steps import STEPS_WITH_APP_CONTEXT_SCOPE
 from .steps import import_step
 from .steps import message_class
 from .streams import add_streams
@@ -45,6 +46,12 @@ THREAD_SCOPED = "step08_pgbouncer"
 # half a second gives up with a 503.
 SMALL_POOL_FAILING_FAST = {**SMALL_POOL, "pool_timeout": 0.5}
 QUEUEPOOL_LIMIT = "QueuePool limit of size 2 overflow 0 reached"
+
+
+@pytest.fixture(params=STEPS_WITH_APP_CONTEXT_SCOPE)
+def step(request):
+    """Name each step whose Sessions belong to the app context."""
+    return request.param
 
 
 def step_db(app):
@@ -88,16 +95,16 @@ def add_async_read(app):
     app.add_url_rule("/async-messages", view_func=read_messages_async)
 
 
-def test_the_step_serves_its_list_of_messages_from_an_async_view(make_app):
-    app = make_app(STEP)
+def test_the_step_serves_its_list_of_messages_from_an_async_view(make_app, step):
+    app = make_app(step)
 
     assert inspect.iscoroutinefunction(app.view_functions["messages.list_messages"])
 
 
 def test_async_requests_give_their_connection_back_without_the_garbage_collector(
-    make_app,
+    make_app, step
 ):
-    app = make_app(STEP, engine_options=SMALL_POOL_FAILING_FAST)
+    app = make_app(step, engine_options=SMALL_POOL_FAILING_FAST)
     client = app.test_client()
     client.post("/messages", json={"text": "read asynchronously"})
 
@@ -204,9 +211,9 @@ def test_in_the_articles_app_an_async_view_runs_the_pool_dry_with_a_500(tmp_path
     engine.dispose()
 
 
-def test_isolated_app_admits_the_async_views_of_its_requests(make_app):
-    app = make_app(STEP)
-    isolated = import_step(f"{STEP}.testing").isolated
+def test_isolated_app_admits_the_async_views_of_its_requests(make_app, step):
+    app = make_app(step)
+    isolated = import_step(f"{step}.testing").isolated
 
     with isolated(app):
         client = app.test_client()
@@ -268,8 +275,10 @@ def run_nested_write(app, where):
 
 
 @pytest.mark.parametrize("where", ["request", "command"])
-def test_a_nested_app_context_leaves_the_outer_sessions_work_alone(make_app, where):
-    app = make_app(STEP)
+def test_a_nested_app_context_leaves_the_outer_sessions_work_alone(
+    make_app, where, step
+):
+    app = make_app(step)
     add_nested_writes(app)
 
     assert run_nested_write(app, where) == ["added before the nested context"]
@@ -286,9 +295,9 @@ def test_on_step_8_a_nested_app_context_loses_the_outer_sessions_work(make_app, 
 
 
 def test_nested_app_contexts_each_have_a_session_and_teardown_closes_the_inner(
-    make_app,
+    make_app, step
 ):
-    app = make_app(STEP)
+    app = make_app(step)
     registry = app.extensions["session"]
     Message = message_class(app)
 
@@ -311,7 +320,7 @@ def test_nested_app_contexts_each_have_a_session_and_teardown_closes_the_inner(
 # 4. Streaming
 
 
-def app_with_streams(make_app, step=STEP):
+def app_with_streams(make_app, step):
     """Return an app with the streaming routes and three messages."""
     app = make_app(step)
     add_streams(app)
@@ -327,7 +336,7 @@ def start_stream(app, path):
     return response, body, next(body)
 
 
-@pytest.mark.parametrize("step", [STEP, THREAD_SCOPED])
+@pytest.mark.parametrize("step", [*STEPS_WITH_APP_CONTEXT_SCOPE, THREAD_SCOPED])
 def test_a_stream_of_the_views_own_query_fails_its_teardown_ran_first(make_app, step):
     app = app_with_streams(make_app, step)
 
@@ -338,7 +347,7 @@ def test_a_stream_of_the_views_own_query_fails_its_teardown_ran_first(make_app, 
     assert checked_out(app) == 0
 
 
-@pytest.mark.parametrize("step", [STEP, THREAD_SCOPED])
+@pytest.mark.parametrize("step", [*STEPS_WITH_APP_CONTEXT_SCOPE, THREAD_SCOPED])
 def test_a_stream_that_queries_holds_a_connection_until_it_ends_or_is_closed(
     make_app, step
 ):
@@ -355,8 +364,8 @@ def test_a_stream_that_queries_holds_a_connection_until_it_ends_or_is_closed(
     assert checked_out(app) == 0
 
 
-def test_a_stream_that_reads_first_and_closes_the_session_holds_none(make_app):
-    app = app_with_streams(make_app)
+def test_a_stream_that_reads_first_and_closes_the_session_holds_none(make_app, step):
+    app = app_with_streams(make_app, step)
 
     response, body, first = start_stream(app, "/stream/read-first")
 
@@ -474,9 +483,9 @@ def add_background_job(app):
 
 
 def test_a_thread_the_app_starts_has_its_own_session_in_its_own_app_context(
-    make_app,
+    make_app, step
 ):
-    app = make_app(STEP)
+    app = make_app(step)
     add_background_job(app)
     client = app.test_client()
 
@@ -488,8 +497,8 @@ def test_a_thread_the_app_starts_has_its_own_session_in_its_own_app_context(
     ]
 
 
-def test_a_thread_without_an_app_context_is_refused_a_session(make_app):
-    app = make_app(STEP)
+def test_a_thread_without_an_app_context_is_refused_a_session(make_app, step):
+    app = make_app(step)
 
     def without_a_context():
         with pytest.raises(RuntimeError, match="outside of application context"):
