@@ -2,6 +2,8 @@
 
 import importlib
 
+from sqlalchemy.util import ThreadLocalRegistry
+
 from testbed import ROOT
 
 # Every step package in the repository, so that a new step joins the shared
@@ -49,7 +51,7 @@ STEPS_WITH_THREAD_SCOPE = [
 def keeps_a_session(registry):
     """Say whether a scoped_session still keeps a Session: this thread's,
     where Sessions are kept per thread, or any app context's."""
-    if registry.registry.__class__.__name__ == "ThreadLocalRegistry":
+    if isinstance(registry.registry, ThreadLocalRegistry):
         return registry.registry.has()
     return bool(registry.registry.registry)
 

@@ -172,13 +172,15 @@ def test_step_2_answers_a_burst_with_503s_and_keeps_connections_checked_out(
     expect(page.locator('[data-pool="checked_out"]')).to_have_class("held")
 
 
-def test_step_3_answers_the_same_burst_without_a_failure(serve, page):
-    server = serve(
-        "step03_teardown", FLASK_ENGINE_OPTIONS=json.dumps(SMALL_POOL_FAILING_FAST)
-    )
+# Step 3's teardown; step 9's, after GET /messages, the burst's target, an
+# async view.
+@pytest.mark.parametrize("step", ["step03_teardown", "step09_app_context"])
+def test_from_step_3_on_the_same_burst_succeeds_async_view_included(step, serve, page):
+    server = serve(step, FLASK_ENGINE_OPTIONS=json.dumps(SMALL_POOL_FAILING_FAST))
 
     burst_and_wait(page, server, let_pass=page.clock.run_for)
 
+    expect(page.locator('#burst select[name="path"]')).to_have_value("/messages")
     result = page.locator("#burst-result")
     assert result.get_attribute("data-ok") == "20"
     assert result.get_attribute("data-unavailable") == "0"
