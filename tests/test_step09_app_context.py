@@ -140,7 +140,7 @@ def test_on_step_8_each_async_request_keeps_its_connection_until_collected(
     assert checked_out(app) == 0
 
 
-def get_from_clients(url, path, clients=20, requests_each=10):
+def get_at_once_from_threads(url, path, clients=20, requests_each=10):
     """GET ``path`` from ``clients`` threads at once; return (status, body)s."""
 
     def client(number, stop):
@@ -170,8 +170,8 @@ def test_under_gevent_async_requests_at_once_answer_503_and_sync_ones_succeed(
         tmp_path / "gunicorn.log",
     ) as gunicorn:
         requests.post(gunicorn.url + "/messages", json={"text": "one"}, timeout=30)
-        async_answers = get_from_clients(gunicorn.url, "/messages")
-        sync_answers = get_from_clients(gunicorn.url, "/messages/1")
+        async_answers = get_at_once_from_threads(gunicorn.url, "/messages")
+        sync_answers = get_at_once_from_threads(gunicorn.url, "/messages/1")
         log = gunicorn.log()
 
     # gevent's patched threads are greenlets of one thread: an async view
