@@ -8,7 +8,8 @@ PYTHON ?= python3
 STEP ?= step01_engine
 PORT ?= 5000
 # sqlite: a file in instance/; postgresql: a throwaway server of its own;
-# pgbouncer: a throwaway server behind PgBouncer, for step08_pgbouncer.
+# pgbouncer: a throwaway server behind PgBouncer, for step08_pgbouncer;
+# mariadb: a throwaway MariaDB of its own.
 DB ?= sqlite
 NOTEBOOK_PORT ?= 8888
 # Test workers (pytest-xdist), each with a PostgreSQL server of its own: one
@@ -19,7 +20,7 @@ TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 NOTEBOOK_ARGS ?=
 VENV := .venv
 BIN := $(VENV)/bin
-# What serving a step needs (Flask, SQLAlchemy, psycopg), installed by
+# What serving a step needs (Flask, SQLAlchemy, psycopg, PyMySQL), installed by
 # make run; the tests', the notebooks' and the benchmark's tools, installed
 # by the first target that needs them.
 INSTALLED := $(VENV)/.installed
@@ -54,10 +55,12 @@ ifeq ($(DB),postgresql)
 	$(BIN)/python -m testbed.postgres sh -c '$(SERVE_STEP)'
 else ifeq ($(DB),pgbouncer)
 	$(BIN)/python -m testbed.pgbouncer sh -c '$(SERVE_STEP)'
+else ifeq ($(DB),mariadb)
+	$(BIN)/python -m testbed.mariadb sh -c '$(SERVE_STEP)'
 else ifeq ($(DB),sqlite)
 	$(SERVE_STEP)
 else
-	$(error DB=$(DB): choose DB=sqlite, DB=postgresql or DB=pgbouncer)
+	$(error DB=$(DB): choose DB=sqlite, DB=postgresql, DB=pgbouncer or DB=mariadb)
 endif
 
 # The workers take tests two at a time, slow ones first (tests/conftest.py),

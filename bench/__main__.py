@@ -9,6 +9,7 @@ from importlib import metadata
 
 import sqlalchemy
 
+from testbed import mariadb
 from testbed.loopback import free_port
 from testbed.pgbouncer import HOW_TO_GET_PGBOUNCER
 from testbed.pgbouncer import find_pgbouncer
@@ -41,7 +42,13 @@ def parse_arguments():
         help="a PostgreSQL database to use (its tables are created); by default"
         " a throwaway server is started, when PostgreSQL is installed",
     )
-    parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
+    parser.add_argument("--no-postgres", action="store_true", help="no PostgreSQL")
+    parser.add_argument(
+        "--mariadb-url",
+        help="a MariaDB database to use (its tables are created); by default"
+        " a throwaway server is started, when MariaDB is installed",
+    )
+    parser.add_argument("--no-mariadb", action="store_true", help="no MariaDB")
     parser.add_argument("--no-load", action="store_true", help="skip the load test")
     parser.add_argument(
         "--no-per-test",
@@ -64,7 +71,7 @@ def parse_arguments():
     return parse(parser)
 
 
-def measure(backend, url, arguments):
+def measure(backend, url, arguments, load=True):
     """Measure every case in-process, then step 4 under load, on one database."""
     path = prepare_database(url)
     message = CASES["step04_pooling"](url, None).test_client().get(path).get_json()
@@ -90,7 +97,7 @@ def measure(backend, url, arguments):
         for client in clients.values():
             if "engines" in client.application.extensions:
                 close_app(client.application)
-    if not arguments.no_load:
+    if load and not arguments.no_load:
         result["load"] = load_test(
             url,
             path,
@@ -110,6 +117,7 @@ def versions():
         "flask-sqlalchemy",
         "flask-sqlalchemy-lite",
         "psycopg",
+        "pymysql",
         "gunicorn",
     ]
     return {
@@ -148,6 +156,22 @@ def main():
             )
         finally:
             cluster.destroy()
+    # MariaDB in-process only: the load test counts the server's
+    # connections in PostgreSQL's pg_stat_activity.
+    if arguments.mariadb_url:
+        results["backends"].append(
+            measure("mariadb", arguments.mariadb_url, arguments, load=False)
+        )
+    elif not arguments.no_mariadb and (binaries := mariadb.find_binaries()):
+        instance = mariadb.Instance(binaries, free_port())
+        try:
+            results["backends"].append(
+                measure(
+                    "mariadb", instance.create_database("bench"), arguments, load=False
+                )
+            )
+        finally:
+            instance.destroy()
 
     out = pathlib.Path(arguments.out)
     out.mkdir(parents=True, exist_ok=True)

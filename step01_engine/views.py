@@ -58,9 +58,12 @@ def get_message(message_id):
 def update_message(message_id):
     """Replace a message's text from a JSON body ``{"text": ...}``."""
     text = read_text()
-    statement = update(messages).where(messages.c.id == message_id).values(text=text)
+    where = messages.c.id == message_id
     with db.get_engine().begin() as connection:
-        row = connection.execute(statement.returning(messages)).one_or_none()
+        # MariaDB has no UPDATE ... RETURNING: the UPDATE's row lock keeps the
+        # message, if there is one, for the SELECT that reads it back.
+        connection.execute(update(messages).where(where).values(text=text))
+        row = connection.execute(select(messages).where(where)).one_or_none()
     return to_dict(found(row, message_id))
 
 

@@ -11,6 +11,7 @@ from flask import abort
 from flask import current_app
 from flask import render_template
 from flask import request
+from sqlalchemy.exc import DataError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException
@@ -116,6 +117,17 @@ def deleted_meanwhile(error):
     # The row was there when this request read it, and gone when the ORM
     # wrote to it. Step 1's Core statements find no row instead.
     return {"error": "the message was deleted by another request"}, 404
+
+
+@bp.app_errorhandler(DataError)
+def value_refused(error):
+    """Answer 422 when the database refuses a value that read_text() let by."""
+    # A column narrower than the API's rules: MariaDB's 3-byte utf8 refuses
+    # an emoji ("Incorrect string value"). Nothing was written, and trying
+    # again would fail again: a client error, not 503.
+    current_app.logger.warning("value refused by the database", exc_info=error)
+    reason = str(error.orig).partition("\n")[0]
+    return {"error": f"the database cannot store this text: {reason}"}, 422
 
 
 @bp.app_errorhandler(SQLAlchemyError)

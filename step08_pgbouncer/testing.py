@@ -12,9 +12,14 @@ import threading
 import pytest
 from sqlalchemy import event
 
+# A savepoint isolated() sets as the block begins, which only the end of the
+# held transaction (a commit or a rollback) can take away.
+BLOCK_SAVEPOINT = "isolated_block"
+
 
 class IsolationError(RuntimeError):
-    """The app's isolated connection was asked for from another thread."""
+    """isolated(app) cannot keep the block's writes apart: another thread
+    asked for its connection, or a statement ended its transaction."""
 
 
 @contextlib.contextmanager
@@ -91,13 +96,47 @@ def hold_in_a_transaction(engine):
         transaction = connection.begin()
         if sqlite:
             connection.exec_driver_sql("BEGIN")
+        connection.exec_driver_sql(f"SAVEPOINT {BLOCK_SAVEPOINT}")
         try:
             yield connection
         finally:
+            # Checked even if the block failed: a commit inside it is what
+            # makes the app's next RELEASE SAVEPOINT fail. Raised from here,
+            # the block's own error, if any, comes with it as the context.
+            ended = ended_meanwhile(connection)
             if transaction.is_active:
                 transaction.rollback()
             if sqlite and not connection.invalidated:
                 driver_connection.isolation_level = isolation_level
+            if ended:
+                raise IsolationError(
+                    "a statement inside isolated(app) ended the held transaction"
+                    f" on {connection.dialect.name}, with a commit or a rollback"
+                    " of its own: the block's writes before it are not rolled"
+                    " back by the block. MariaDB and MySQL commit by themselves"
+                    " before and after DDL (CREATE, ALTER, DROP, TRUNCATE,"
+                    " RENAME): create tables before the block."
+                )
+
+
+def ended_meanwhile(connection):
+    """Say whether a commit or a rollback ended the held transaction."""
+    if connection.invalidated:
+        # Lost: the server rolled it back, as the block would have.
+        return False
+    # On the driver's connection, under SQLAlchemy's bookkeeping: after a
+    # commit inside the block, the app's savepoint has gone too, and
+    # SQLAlchemy refuses statements until it is rolled back, which fails.
+    dbapi_connection = connection.connection.dbapi_connection
+    cursor = dbapi_connection.cursor()
+    try:
+        # Ending the transaction ends its savepoints.
+        cursor.execute(f"ROLLBACK TO SAVEPOINT {BLOCK_SAVEPOINT}")
+    except connection.dialect.loaded_dbapi.Error as error:
+        return not connection.dialect.is_disconnect(error, dbapi_connection, cursor)
+    finally:
+        cursor.close()
+    return False
 
 
 @pytest.fixture

@@ -27,13 +27,14 @@ import psycopg
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from .accounts import run_as
+from .accounts import unprivileged_user
 from .command import run_with_servers
 from .loopback import free_port
 from .postgres import HOW_TO_GET_POSTGRES
+from .postgres import POSTGRES_ACCOUNTS
 from .postgres import Cluster
 from .postgres import find_binaries
-from .postgres import run_as
-from .postgres import unprivileged_user
 from .stopping import stop_process
 
 HOW_TO_GET_PGBOUNCER = (
@@ -110,7 +111,7 @@ class PgBouncer:
         self.port = free_port()
         self.folder = tempfile.mkdtemp(prefix="flask-sqlalchemy-pgbouncer-")
         self.log = os.path.join(self.folder, "pgbouncer.log")
-        self.owner = unprivileged_user() if os.geteuid() == 0 else None
+        self.owner = unprivileged_user(POSTGRES_ACCOUNTS) if os.geteuid() == 0 else None
         config = os.path.join(self.folder, "pgbouncer.ini")
         users = os.path.join(self.folder, "users.txt")
         with open(users, "w") as file:

@@ -18,7 +18,6 @@ DB=postgresql`` does so):
 import contextlib
 import glob
 import os
-import pwd
 import shutil
 import subprocess
 import sys
@@ -30,8 +29,14 @@ from sqlalchemy.engine import URL
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from .accounts import run_as
+from .accounts import unprivileged_user
 from .command import run_with_servers
 from .loopback import free_port
+
+# The accounts PostgreSQL runs as when the tests run as root: Debian's
+# package makes postgres.
+POSTGRES_ACCOUNTS = ("postgres", "nobody")
 
 # How many empty databases a Server creates at a time (create_database).
 SPARE_DATABASES = 8
@@ -141,7 +146,7 @@ class Cluster(Server):
         self.data = os.path.join(self.folder, "data")
         self.log = os.path.join(self.folder, "server.log")
         # PostgreSQL refuses to run as root: run it as an unprivileged user.
-        self.owner = unprivileged_user() if os.geteuid() == 0 else None
+        self.owner = unprivileged_user(POSTGRES_ACCOUNTS) if os.geteuid() == 0 else None
         if self.owner is not None:
             os.chown(self.folder, self.owner.pw_uid, self.owner.pw_gid)
         # With tls=True, the server accepts TLS with a certificate made for
@@ -251,24 +256,6 @@ def tls_query(ca_file):
     # verify-full, not require: require encrypts but trusts any server;
     # this checks the certificate is the run's, for the host in the URL.
     return {"sslmode": "verify-full", "sslrootcert": ca_file}
-
-
-def run_as(owner):
-    """Return subprocess's keyword arguments that run a program as ``owner``
-    (a pwd entry), or none to run it as this process's user."""
-    if owner is None:
-        return {}
-    return {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
-
-
-def unprivileged_user():
-    """Return the account to run PostgreSQL as when the tests run as root."""
-    for name in ("postgres", "nobody"):
-        try:
-            return pwd.getpwnam(name)
-        except KeyError:
-            continue
-    raise RuntimeError("no unprivileged user (postgres or nobody) to run PostgreSQL")
 
 
 def run_on_a_throwaway_cluster(command):

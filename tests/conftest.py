@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from testbed import mariadb as mariadb_servers
 from testbed.live_server import LiveServer
 from testbed.loopback import free_port
 from testbed.postgres import HOW_TO_GET_POSTGRES
@@ -13,6 +14,7 @@ from testbed.postgres import find_binaries
 from testbed.step_apps import close_app
 from testbed.step_apps import initialize_databases
 
+from .steps import RUNS_AS_THE_STEP_BEFORE
 from .steps import STEPS
 from .steps import STEPS_WITH_TWO_DATABASES
 from .steps import import_step
@@ -48,7 +50,37 @@ def postgres():
     cluster.destroy()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(scope="session")
+def mariadb():
+    """Return the MariaDB server of the run, started on first use."""
+    if url := os.environ.get("TEST_MARIADB_URL"):
+        server = mariadb_servers.Server(url)
+        yield server
+        server.close()
+        return
+    binaries = mariadb_servers.find_binaries()
+    if binaries is None:
+        yield None
+        return
+    instance = mariadb_servers.Instance(binaries, free_port())
+    yield instance
+    instance.destroy()
+
+
+# The servers of the backends other than SQLite, and what to do without one.
+SERVERS = {
+    "postgresql": ("postgres", HOW_TO_GET_POSTGRES),
+    "mariadb": ("mariadb", mariadb_servers.HOW_TO_GET_MARIADB),
+}
+
+# The backends most tests run on. MariaDB is the third, for the tests that
+# name it: the shared contract on every step, and its own drills
+# (tests/test_mariadb.py).
+BACKENDS = ["sqlite", "postgresql"]
+ALL_BACKENDS = [*BACKENDS, "mariadb"]
+
+
+@pytest.fixture(params=BACKENDS)
 def backend(request):
     """Name each database the tests run on."""
     return request.param
@@ -67,9 +99,10 @@ class Databases:
         """Return the URL of a new, empty database."""
         if self.backend == "sqlite":
             return f"sqlite:///{self.folder / f'{name}.sqlite'}"
-        server = self.request.getfixturevalue("postgres")
+        fixture, how_to_get_it = SERVERS[self.backend]
+        server = self.request.getfixturevalue(fixture)
         if server is None:
-            skip_or_fail(HOW_TO_GET_POSTGRES)
+            skip_or_fail(how_to_get_it)
         url = server.create_database()
         self.created.append((server, url))
         return url
@@ -83,7 +116,7 @@ class Databases:
         return urls
 
     def drop(self):
-        """Drop the PostgreSQL databases created so far."""
+        """Drop the server databases created so far."""
         for server, url in self.created:
             server.drop_database(url)
 
@@ -138,15 +171,40 @@ def is_slow(item):
     return item.get_closest_marker("slow") is not None or "serve" in item.fixturenames
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(items):
-    """Run the slow tests first, in the order pytest chose for each group.
+def runs_as_the_step_before_on_a_server(item):
+    """Whether a test runs step 7, whose app is step 6's, on a server
+    database, outside step 7's own tests."""
+    params = item.callspec.params if hasattr(item, "callspec") else {}
+    step, backend = params.get("shared_client") or (
+        params.get("step"),
+        params.get("backend"),
+    )
+    return (
+        step in RUNS_AS_THE_STEP_BEFORE
+        and backend in SERVERS
+        and item.module.__name__ != f"tests.test_{step}"
+    )
 
-    pytest-xdist hands the tests out in this order, two at a time
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Leave step 7 out on the servers, and run the slow tests first.
+
+    Step 7's db.py, models.py and views.py are step 6's, byte for byte
+    (tests/test_layout.py): on PostgreSQL and MariaDB, the shared suite and
+    the other steps' tests run step 6 for it, and step 7's own tests run
+    there too. On SQLite every test runs it.
+
+    pytest-xdist hands the tests out in the order left, two at a time
     (--maxschedchunk in the Makefile): each worker takes the next slow
     test as it finishes one, and the run ends on short tests that all the
     workers share, rather than on one worker with a minute of load left.
     """
+    left_out = [item for item in items if runs_as_the_step_before_on_a_server(item)]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        kept = set(items) - set(left_out)
+        items[:] = [item for item in items if item in kept]
     items.sort(key=lambda item: not is_slow(item))
 
 
@@ -193,7 +251,7 @@ def make_app(databases_for):
 
 @pytest.fixture(
     scope="module",
-    params=[(step, backend) for step in STEPS for backend in ("sqlite", "postgresql")],
+    params=[(step, backend) for step in STEPS for backend in ALL_BACKENDS],
     ids=lambda param: "-".join(param),
 )
 def shared_client(request, tmp_path_factory):

@@ -8,12 +8,16 @@ def read_from_snapshots(engine):
     """Make the engine's transactions read from a snapshot.
 
     A transaction then sees the database as it was at its first read, as
-    MySQL's do by default (REPEATABLE READ). PostgreSQL does so at REPEATABLE
-    READ. SQLite does in WAL mode, once a transaction really begins: by
-    itself, Python's sqlite3 starts none for a SELECT, so the engine emits
-    BEGIN, the recipe of SQLAlchemy's SQLite dialect documentation
-    ("Serializable isolation / Savepoints / Transactional DDL").
+    MariaDB's and MySQL's do by default (REPEATABLE READ). PostgreSQL does
+    so at REPEATABLE READ. SQLite does in WAL mode, once a transaction
+    really begins: by itself, Python's sqlite3 starts none for a SELECT, so
+    the engine emits BEGIN, the recipe of SQLAlchemy's SQLite dialect
+    documentation ("Serializable isolation / Savepoints / Transactional
+    DDL").
     """
+    if engine.dialect.name == "mariadb":
+        # Its default isolation level already (tests/test_mariadb.py).
+        return
     if engine.dialect.name == "postgresql":
 
         def on_begin(connection):

@@ -230,21 +230,20 @@ def test_the_map_and_each_steps_readme_stay_short(page_path, most):
 def reference_table(results_file, key, text, time_format):
     """Check a README table against a reference run of the benchmark.
 
-    Each row names a case, then its time and ratio on SQLite, then on
-    PostgreSQL; ``time_format`` writes a measured µs as the table does.
+    Each row names a case, then its time and ratio on each backend of the
+    run, in the run's order; ``time_format`` writes a measured µs as the
+    table does.
     """
     results = json.loads((ROOT / "bench" / "results" / results_file).read_text())
     by_backend = {backend["backend"]: backend[key] for backend in results["backends"]}
-    rows = re.findall(
-        r"^\| ([^|]+?) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", text, re.M
-    )
+    cells = r" \| ([\d.]+) \| ([\d.]+)" * len(by_backend)
+    rows = re.findall(rf"^\| ([^|]+?){cells} \|$", text, re.M)
 
     assert not results["quick"]
     assert [name for name, *_ in rows] == list(by_backend["sqlite"])
     for name, *cells in rows:
-        for backend, (time, ratio) in zip(
-            ("sqlite", "postgresql"), (cells[:2], cells[2:]), strict=True
-        ):
+        for index, backend in enumerate(by_backend):
+            time, ratio = cells[2 * index : 2 * index + 2]
             measured = by_backend[backend][name]
             assert time_format(measured["µs per request"]) == time, (backend, name)
             assert measured["ratio"] == float(ratio), (backend, name)
@@ -290,6 +289,7 @@ def test_step_4s_ratios_and_pid_check_are_those_of_the_reference_run():
     for name in ("bare scoped_session", "Flask-SQLAlchemy 3.1"):
         assert f"{over('sqlite', name)} on SQLite" in text, name
         assert f"{over('postgresql', name)} on PostgreSQL" in text, name
+        assert f"{over('mariadb', name)} on MariaDB" in text, name
     sqlite, postgresql = by_backend["sqlite"], by_backend["postgresql"]
     pid_check = sqlite["pid check"]
     assert pid_check["claim() calls per request"] == 2
@@ -311,7 +311,10 @@ def test_the_cost_of_the_app_context_scope_is_that_of_the_reference_run():
             timings["bare, app-context scope"]["µs per request"]
             / timings["bare scoped_session"]["µs per request"]
         )
-    cited = f"{ratios[0]:.3f}× on SQLite and {ratios[1]:.3f}× on PostgreSQL"
+    cited = (
+        f"{ratios[0]:.3f}× on SQLite, {ratios[1]:.3f}× on PostgreSQL"
+        f" and {ratios[2]:.3f}× on MariaDB"
+    )
 
     assert cited in words(page(BENCHMARK))
     assert cited in words(page("step09_app_context/README.md"))
@@ -447,12 +450,21 @@ def test_the_maps_and_reader_questions_figures_are_the_reference_runs():
     step4 = "step04_pooling"
     over_extension = [
         f"{µs(backend, step4) / µs(backend, 'Flask-SQLAlchemy 3.1'):.3f}×"
-        for backend in ("sqlite", "postgresql")
+        for backend in ("sqlite", "postgresql", "mariadb")
     ]
     assert (
         f"measures {over_extension[0]} Flask-SQLAlchemy 3.1 on SQLite and"
-        f" {over_extension[1]} on PostgreSQL" in words(README)
+        f" {over_extension[1]} on PostgreSQL ({over_extension[2]} on MariaDB)"
+        in words(README)
     )
     dispose = µs("postgresql", "dispose() per request") / µs("postgresql", step4)
+    on_mariadb = µs("mariadb", "dispose() per request") / µs("mariadb", step4)
     for path in ("README.md", "docs/reader-questions.md"):
         assert f"{dispose:.1f} times a pooled request" in words(page(path)), path
+    databases = words(page("docs/databases.md"))
+    for backend in ("postgresql", "mariadb"):
+        assert f"{µs(backend, step4)} µs" in databases, backend
+    assert f"{µs('mariadb', 'dispose() per request')} µs" in databases
+    times = round(on_mariadb)
+    assert f"{times} on MariaDB" in words(README)
+    assert f"and {times} times on MariaDB" in words(page("docs/reader-questions.md"))

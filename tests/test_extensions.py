@@ -12,10 +12,14 @@ import pytest
 from flask import Flask
 from sqlalchemy import event
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
 from testbed.fork import in_forked_child
+from testbed.mariadb import HOW_TO_GET_MARIADB
 from testbed.threads import run_in_new_thread
+
+from .conftest import skip_or_fail
 
 flask_sqlalchemy = pytest.importorskip("flask_sqlalchemy")
 record_queries = pytest.importorskip("flask_sqlalchemy.record_queries")
@@ -128,6 +132,48 @@ def test_driver_defaults_for_sqlite(make, tmp_path):
         database = relative_db.engine.url.database
     # A relative path lands in the app's instance folder.
     assert database.endswith("/instance/relative.sqlite")
+
+
+@pytest.fixture
+def mariadb_url(mariadb):
+    """Return the URL of a MariaDB database of the test's own, no charset in it."""
+    if mariadb is None:
+        skip_or_fail(HOW_TO_GET_MARIADB)
+    url = mariadb.create_database()
+    yield make_url(url).difference_update_query(["charset"])
+    mariadb.drop_database(url)
+
+
+@pytest.mark.parametrize("make", EXTENSIONS)
+def test_driver_defaults_for_mysql_apply_to_mysql_urls_not_mariadb_ones(
+    make, mariadb_url
+):
+    # Both read the URL's name: Flask-SQLAlchemy's drivername starts with
+    # "mysql", Lite's backend is "mysql". The same server, named mariadb,
+    # gets neither default.
+    engines = {}
+    for name in ("mysql", "mariadb"):
+        app, db = make(
+            mariadb_url.set(drivername=f"{name}+pymysql").render_as_string(
+                hide_password=False
+            )
+        )
+        with app.app_context():
+            engines[name] = db.engine
+
+    mysql, mariadb = engines["mysql"], engines["mariadb"]
+    # The dialect's name too, which step 5's init-db names its schema by.
+    assert (mysql.dialect.name, mariadb.dialect.name) == ("mysql", "mariadb")
+    assert mysql.url.query["charset"] == "utf8mb4"
+    assert mysql.pool._recycle == 7200
+    assert "charset" not in mariadb.url.query
+    assert mariadb.pool._recycle == -1
+    # Both reach the real server, and an emoji survives the round trip.
+    for engine in (mysql, mariadb):
+        with engine.connect() as connection:
+            echoed = connection.execute(text("SELECT :text"), {"text": "😀"})
+            assert echoed.scalar() == "😀"
+        engine.dispose()
 
 
 @pytest.mark.parametrize("make", EXTENSIONS)

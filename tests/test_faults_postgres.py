@@ -1,7 +1,9 @@
 """Fault drills on a real PostgreSQL server: what step 4's settings are for.
 
 Each drill shows the fault with step 4's defaults and with the setting that
-answers it taken away (or on step 3, which has none). SQLAlchemy's
+answers it taken away (or on step 3, which has none). Killed connections
+and a restart are drilled on MariaDB too (its own drills, "MySQL server has
+gone away" first, are in tests/test_mariadb.py). SQLAlchemy's
 documentation: "Dealing with Disconnects", "Using Connection Pools with
 Multiprocessing or os.fork()".
 """
@@ -28,8 +30,12 @@ from testbed.step_apps import initialize_databases
 from testbed.watchers import QueryWatcher
 
 from .conftest import skip_or_fail
+from .drills import backend_pids
+from .drills import fill_pool
+from .drills import statuses_of
+from .drills import terminate_backends
+from .drills import wait_until_gone
 from .preloading import preloaded_environment
-from .steps import pool_status
 from .steps import steps_from
 
 PRE_PING_OFF = {"pool_pre_ping": False}
@@ -42,10 +48,15 @@ def backend():
     return "postgresql"
 
 
+# The drills that kill the app's connections or restart the server, on
+# both servers.
+ON_BOTH_SERVERS = pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
+
+
 @pytest.fixture
-def server(postgres, database_url):
-    """Return the PostgreSQL server of the test's database."""
-    return postgres
+def server(backend, database_url, request):
+    """Return the server of the test's database."""
+    return request.getfixturevalue("postgres" if backend == "postgresql" else backend)
 
 
 @pytest.fixture
@@ -54,17 +65,6 @@ def cluster(server):
     if not server.can_stop:
         skip_or_fail("this drill stops the server: it needs the harness's own cluster")
     return server
-
-
-def backend_pids(server, database_url):
-    """Return the server pids of the connections to the test's database."""
-    engine = server.admin_engine()
-    with engine.connect() as connection:
-        pids = connection.execute(
-            text("SELECT pid FROM pg_stat_activity WHERE datname = :name"),
-            {"name": make_url(database_url).database},
-        ).scalars()
-        return set(pids)
 
 
 class ServerConnections(QueryWatcher):
@@ -83,45 +83,6 @@ class ServerConnections(QueryWatcher):
         self.most = max(self.most, rows[0][0])
 
 
-def wait_until_gone(server, database_url, pids):
-    """Wait until none of these backends is left on the server."""
-    for _ in range(100):
-        if not pids & backend_pids(server, database_url):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"backends {pids} still run")
-
-
-def terminate_backends(server, database_url):
-    """Kill every connection to the test's database, as a DBA or failover would."""
-    pids = backend_pids(server, database_url)
-    engine = server.admin_engine()
-    with engine.connect() as connection:
-        for pid in pids:
-            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-    wait_until_gone(server, database_url, pids)
-    return pids
-
-
-def fill_pool(app, connections):
-    """Open this many connections at once, then return them all to the pool."""
-    engine = app.extensions["engine"]
-    held = [engine.connect() for _ in range(connections)]
-    for connection in held:
-        connection.close()
-    assert pool_status(app.test_client())["checked_in"] == connections
-
-
-def statuses_of(client, requests_count):
-    """Send GET /messages this many times; return the statuses and errors."""
-    outcomes = []
-    for _ in range(requests_count):
-        response = client.get("/messages")
-        body = response.get_json()
-        outcomes.append((response.status_code, body.get("error") if body else None))
-    return outcomes
-
-
 def backend_pid_of(app):
     """Return the server pid of the connection the app's pool lends next."""
     with app.extensions["engine"].connect() as connection:
@@ -131,6 +92,7 @@ def backend_pid_of(app):
 # 1. Killed connections
 
 
+@ON_BOTH_SERVERS
 def test_killed_connections_go_unnoticed_with_step4_defaults(
     make_app, server, database_url
 ):
@@ -143,6 +105,7 @@ def test_killed_connections_go_unnoticed_with_step4_defaults(
     assert not killed & backend_pids(server, database_url)
 
 
+@ON_BOTH_SERVERS
 @pytest.mark.parametrize(
     ("step", "engine_options"),
     [("step04_pooling", PRE_PING_OFF), ("step03_teardown", {})],
@@ -200,6 +163,7 @@ def test_a_server_idle_timeout_needs_recycle_or_pre_ping(
 # 3. A server restart
 
 
+@ON_BOTH_SERVERS
 @pytest.mark.parametrize(
     ("step", "engine_options", "statuses"),
     [

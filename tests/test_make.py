@@ -12,14 +12,17 @@ from importlib import metadata
 import pytest
 import requests
 from packaging.requirements import Requirement
+from sqlalchemy.engine import make_url
 
 from testbed import ROOT
 from testbed.loopback import free_port
 from testbed.loopback import wait_for_http
+from testbed.mariadb import HOW_TO_GET_MARIADB
+from testbed.mariadb import find_binaries as find_mariadb
 from testbed.pgbouncer import HOW_TO_GET_PGBOUNCER
 from testbed.pgbouncer import find_pgbouncer
 from testbed.postgres import HOW_TO_GET_POSTGRES
-from testbed.postgres import find_binaries
+from testbed.postgres import find_binaries as find_postgres
 
 from .conftest import skip_or_fail
 from .steps import STEPS
@@ -61,12 +64,15 @@ def start_make_run(arguments, log_path, env=None):
         ("postgresql", "step06_multiple_databases", signal.SIGINT),
         ("postgresql", "step06_multiple_databases", signal.SIGTERM),
         ("pgbouncer", "step08_pgbouncer", signal.SIGINT),
+        ("mariadb", "step06_multiple_databases", signal.SIGINT),
     ],
 )
-def test_make_run_db_postgresql_serves_the_step_on_a_throwaway_server(
+def test_make_run_db_serves_the_step_on_a_throwaway_server(
     tmp_path, db, step, stop_signal
 ):
-    if find_binaries() is None:
+    if db == "mariadb" and find_mariadb() is None:
+        skip_or_fail(HOW_TO_GET_MARIADB)
+    if db != "mariadb" and find_postgres() is None:
         skip_or_fail(HOW_TO_GET_POSTGRES)
     if db == "pgbouncer" and find_pgbouncer() is None:
         skip_or_fail(HOW_TO_GET_PGBOUNCER)
@@ -74,7 +80,7 @@ def test_make_run_db_postgresql_serves_the_step_on_a_throwaway_server(
     make, url = start_make_run([f"DB={db}", f"STEP={step}"], log_path)
     try:
         pool = requests.get(url + "/pool", timeout=10).json()
-        created = requests.post(url + "/messages", json={"text": "on PostgreSQL"})
+        created = requests.post(url + "/messages", json={"text": f"on {db} 😀"})
         listed = requests.get(url + "/messages", timeout=10).json()
         page = requests.get(url, timeout=10).text
     finally:
@@ -82,22 +88,27 @@ def test_make_run_db_postgresql_serves_the_step_on_a_throwaway_server(
         make.wait(timeout=60)
 
     # Behind PgBouncer, as the app's role, with BEHIND_POOLER on.
-    user = "app" if db == "pgbouncer" else "postgres"
-    assert pool["url"].startswith(f"postgresql+psycopg://{user}@127.0.0.1:")
-    assert pool["url"].endswith("/messages")
+    user = {"pgbouncer": "app", "postgresql": "postgres", "mariadb": "root"}[db]
+    driver = "mariadb+pymysql" if db == "mariadb" else "postgresql+psycopg"
+    messages_url, audit_url = make_url(pool["url"]), make_url(pool["audit"]["url"])
+    assert pool["url"].startswith(f"{driver}://{user}@127.0.0.1:")
+    assert messages_url.database == "messages"
+    if db == "mariadb":
+        assert messages_url.query == {"charset": "utf8mb4"}
     if db == "pgbouncer":
         assert "This app runs with <code>BEHIND_POOLER</code> on." in page
         # The port it prints, for psql's SHOW POOLS, is the one the app uses.
         port = re.search(r"PgBouncer in \S+ on port (\d+),", log_path.read_text())
         assert port is not None, log_path.read_text()
-        assert f"@127.0.0.1:{port.group(1)}/" in pool["url"]
+        assert messages_url.port == int(port.group(1))
     # Step 6's audit database is a second database on the same server.
-    assert pool["audit"]["url"] == pool["url"].removesuffix("messages") + "audit"
+    assert audit_url == messages_url.set(database="audit")
     assert created.status_code == 201
-    assert [message["text"] for message in listed] == ["on PostgreSQL"]
-    # The cluster is gone with the command that used it.
+    assert [message["text"] for message in listed] == [f"on {db} 😀"]
+    # The server is gone with the command that used it.
     folders = re.findall(
-        r"(?:A throwaway PostgreSQL|PgBouncer) in (/\S+)[,\s]", log_path.read_text()
+        r"(?:A throwaway PostgreSQL|A throwaway MariaDB|PgBouncer) in (/\S+)[,\s]",
+        log_path.read_text(),
     )
     assert len(folders) == (2 if db == "pgbouncer" else 1), log_path.read_text()
     deadline = time.monotonic() + 30
@@ -127,10 +138,10 @@ def test_make_run_serves_a_step_on_sqlite_and_stops_on_ctrl_c(tmp_path):
     assert [message["text"] for message in listed] == ["on SQLite"]
 
 
-def distributions_required(name):
-    """Return the distributions that installing ``name`` brings, without extras
-    of its own (psycopg[binary]'s, which it asks for, count)."""
-    found, todo, seen = set(), [(name, ())], set()
+def distributions_required(name, extras=()):
+    """Return the distributions that installing ``name`` brings, with these
+    extras of its own (psycopg[binary]'s, which it asks for, count)."""
+    found, todo, seen = set(), [(name, extras)], set()
     while todo:
         name, extras = todo.pop()
         if (name, extras) in seen:
@@ -162,7 +173,8 @@ def test_make_run_installs_what_serving_a_step_needs_and_nothing_more():
             "import json, sys\n"
             # What the interpreter loads before any import (site's hooks).
             "before = set(sys.modules)\n"
-            f"for name in {STEPS!r} + ['testbed.postgres', 'testbed.pgbouncer']:\n"
+            f"for name in {STEPS!r} + ['testbed.postgres', 'testbed.pgbouncer',"
+            " 'testbed.mariadb']:\n"
             "    __import__(name)\n"
             "    __import__(name.partition('.')[0] + '.wsgi')"
             " if name.startswith('step') else None\n"
@@ -177,7 +189,11 @@ def test_make_run_installs_what_serving_a_step_needs_and_nothing_more():
     )
     modules = set(json.loads(imported.stdout))
     providers = metadata.packages_distributions()
-    allowed = distributions_required(PROJECT)
+    # PyMySQL imports cryptography (its "rsa" extra, for MySQL 8's
+    # passwords) where it is installed, as it is beside the tests.
+    allowed = distributions_required(PROJECT) | distributions_required(
+        "pymysql", ("rsa",)
+    )
     for module in modules:
         for distribution in providers.get(module, []):
             name = distribution.lower().replace("_", "-")

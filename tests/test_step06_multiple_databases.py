@@ -18,6 +18,7 @@ from sqlalchemy.pool import NullPool
 from testbed.fork import in_forked_child
 from testbed.step_apps import dispose_engines
 
+from .conftest import ALL_BACKENDS
 from .faults import lose_connection_before
 from .instance_folder import keep_out_of_the_instance_folder
 from .steps import import_step
@@ -71,6 +72,7 @@ def test_init_db_prepares_each_database_with_its_own_tables(step, make_app):
     assert tables(app.config["AUDIT_DATABASE_URL"]) == ["audit_log"]
 
 
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_every_write_lands_in_the_messages_database_and_its_entry_in_the_audit_one(
     step, make_app
 ):
@@ -293,6 +295,7 @@ def fail_the_nth_commit(app, nth):
     return began
 
 
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize(("nth", "written"), [(1, 0), (2, 1)])
 def test_a_commit_that_fails_leaves_written_only_what_committed_before_it(
     step, make_app, nth, written

@@ -16,6 +16,7 @@ from sqlalchemy import create_engine
 from sqlalchemy import event
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
@@ -23,6 +24,7 @@ from testbed import ROOT
 from testbed.step_apps import dispose_engines
 from testbed.threads import run_in_new_thread
 
+from .conftest import ALL_BACKENDS
 from .steps import import_step
 from .steps import message_class
 from .steps import pool_status
@@ -70,6 +72,7 @@ def write_through_the_api(client):
     assert client.delete(f"/messages/{first['id']}").status_code == 204
 
 
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("isolate", [True, False])
 def test_writes_through_the_api_are_rolled_back_in_both_databases(
     step, make_app, isolated, isolate
@@ -126,6 +129,7 @@ def refuse_the_next(engine, statement_start):
     return refused
 
 
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_a_request_that_fails_keeps_the_tests_earlier_writes(step, make_app, isolated):
     app = make_app(step)
     client = app.test_client()
@@ -149,29 +153,37 @@ def test_a_request_that_fails_keeps_the_tests_earlier_writes(step, make_app, iso
     assert committed(app) == NOTHING
 
 
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_without_savepoints_a_failed_request_takes_earlier_writes_with_it(
     step, make_app, isolated
 ):
     app = make_app(step)
     client = app.test_client()
 
-    with isolated(app):
-        # The failing variant: the Session joins the held transaction
-        # without a savepoint, and its rollback is the whole test's.
-        app.extensions["session"].session_factory.configure(
-            join_transaction_mode="rollback_only"
-        )
-        client.post("/messages", json={"text": "earlier"})
-        refuse_the_next(app.extensions["audit_engine"], "INSERT")
+    def fail_a_request_without_savepoints():
+        with isolated(app):
+            # The failing variant: the Session joins the held transaction
+            # without a savepoint, and its rollback is the whole test's.
+            app.extensions["session"].session_factory.configure(
+                join_transaction_mode="rollback_only"
+            )
+            client.post("/messages", json={"text": "earlier"})
+            refuse_the_next(app.extensions["audit_engine"], "INSERT")
+            response = client.post("/messages", json={"text": "refused"})
+            assert response.status_code == 503
+            # The failure rolled back the held transaction, the earlier
+            # write too.
+            assert client.get("/messages").get_json() == []
 
-        assert client.post("/messages", json={"text": "refused"}).status_code == 503
-        # The failure rolled back the held transaction, the earlier write too.
-        assert client.get("/messages").get_json() == []
+    # The block notices that its transaction ended under it, and says so.
+    with pytest.raises(error_of(step), match="ended the held transaction"):
+        fail_a_request_without_savepoints()
 
     assert committed(app) == NOTHING
 
 
-def test_ids_taken_inside_are_free_again_on_sqlite_but_not_on_postgresql(
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_ids_taken_inside_are_free_again_on_sqlite_only(
     step, make_app, isolated, backend
 ):
     app = make_app(step)
@@ -183,13 +195,15 @@ def test_ids_taken_inside_are_free_again_on_sqlite_but_not_on_postgresql(
             ids.append(client.post("/messages", json={"text": "x"}).get_json()["id"])
 
     # SQLite picks the next rowid from the table; PostgreSQL's identity is
-    # a sequence, and a sequence never rolls back.
+    # a sequence, and a sequence never rolls back; nor does InnoDB's
+    # AUTO_INCREMENT counter.
     if backend == "sqlite":
         assert ids[1] == ids[0]
     else:
         assert ids[1] > ids[0]
 
 
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_integrity_error_and_rollback_in_app_code_keep_earlier_writes(
     step, make_app, isolated
 ):
@@ -391,16 +405,71 @@ def test_ddl_inside_the_block_is_rolled_back_too_on_sqlite_and_postgresql(
     app = make_app(step)
 
     with isolated(app), app.app_context():
-        # Both databases here have transactional DDL; MySQL and Oracle commit
-        # DDL implicitly, and their tables would stay.
+        # Both databases have transactional DDL.
         session = app.extensions["session"]()
         session.execute(text("CREATE TABLE scratch (id INTEGER)"))
         session.commit()
 
+    assert not has_table(app, "scratch")
+
+
+@pytest.mark.parametrize("backend", ["mariadb"])
+def test_on_mariadb_ddl_inside_the_block_commits_and_the_block_says_so(
+    step, make_app, isolated
+):
+    app = make_app(step)
+    client = app.test_client()
+
+    def write_then_create_a_table():
+        with isolated(app):
+            client.post("/messages", json={"text": "before the DDL"})
+            with app.app_context():
+                session = app.extensions["session"]()
+                # MariaDB commits the transaction before a CREATE TABLE
+                # runs, and the app's savepoint goes with it.
+                session.execute(text("CREATE TABLE scratch (id INTEGER)"))
+                with pytest.raises(OperationalError, match="SAVEPOINT"):
+                    session.commit()
+
+    with pytest.raises(error_of(step), match="ended the held transaction on mariadb"):
+        write_then_create_a_table()
+
+    # The write before the DDL was committed with it, and the table stays.
+    assert committed(app)["messages"] == ["before the DDL"]
+    assert has_table(app, "scratch")
+
+
+@pytest.mark.parametrize("backend", ["mariadb"])
+def test_on_mariadb_the_recipe_alone_lets_ddl_commit_in_silence(step, make_app):
+    # The failing variant: SQLAlchemy's recipe without isolated()'s check.
+    app = make_app(step)
+    Message = message_class(app)
+
+    with app.extensions["engine"].connect() as connection:
+        outer = connection.begin()
+        session = Session(bind=connection, join_transaction_mode="create_savepoint")
+        session.add(Message(text="meant to roll back"))
+        session.commit()
+        session.close()
+        # A fixture's or a migration's DDL, on the test's connection.
+        connection.exec_driver_sql("CREATE TABLE scratch (id INTEGER)")
+        outer.rollback()
+
+    assert committed(app)["messages"] == ["meant to roll back"]
+
+
+def has_table(app, name):
+    """Say whether the app's messages database has this table now."""
     engine = create_engine(app.config["DATABASE_URL"], poolclass=NullPool)
     with engine.connect() as connection:
-        assert not connection.dialect.has_table(connection, "scratch")
+        found = connection.dialect.has_table(connection, name)
     engine.dispose()
+    return found
+
+
+def error_of(step):
+    """Return the step's IsolationError."""
+    return import_step(f"{step}.testing").IsolationError
 
 
 def test_code_that_opens_its_own_connection_sees_none_of_the_tests_writes(
