@@ -12,10 +12,11 @@ PORT ?= 5000
 # mariadb: a throwaway MariaDB of its own.
 DB ?= sqlite
 NOTEBOOK_PORT ?= 8888
-# Test workers (pytest-xdist), each with a PostgreSQL server of its own: one
-# more than the cores, since much of the suite waits (browsers, servers
-# starting, timeouts) rather than computes.
-TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
+# Test workers (pytest-xdist), each with a PostgreSQL and a MariaDB of its
+# own: two more than the cores, since much of the suite waits (browsers,
+# servers starting, timeouts) rather than computes. On two cores, four
+# workers ran the suite in 593 s where three took 637 s.
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 2 )))
 # More options for JupyterLab, for example --no-browser.
 NOTEBOOK_ARGS ?=
 VENV := .venv
