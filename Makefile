@@ -14,8 +14,8 @@ DB ?= sqlite
 NOTEBOOK_PORT ?= 8888
 # Test workers (pytest-xdist), each with a PostgreSQL and a MariaDB of its
 # own: two more than the cores, since much of the suite waits (browsers,
-# servers starting, timeouts) rather than computes. On two cores, four
-# workers ran the suite in 593 s where three took 637 s.
+# servers starting, timeouts) rather than computes: with three workers on
+# two cores, the cores were busy 67% of a run.
 TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 2 )))
 # More options for JupyterLab, for example --no-browser.
 NOTEBOOK_ARGS ?=

@@ -1,7 +1,7 @@
 """Run a command of yours beside servers of its own, which stop when it ends.
 
-What ``python -m testbed.postgres`` and ``python -m testbed.pgbouncer`` do
-with the servers they start.
+What ``python -m testbed.postgres``, ``python -m testbed.pgbouncer`` and
+``python -m testbed.mariadb`` do with the servers they start.
 """
 
 import contextlib
@@ -54,3 +54,23 @@ def ignore_stop_signals():
     # children, and a second signal inside the cleanup would end it there.
     for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(stop_signal, signal.SIG_IGN)
+
+
+def run_on_throwaway_databases(command, kind, make_server):
+    """Run a command with DATABASE_URL and AUDIT_DATABASE_URL naming two
+    databases, messages and audit, on a server that ``make_server()``
+    starts (a throwaway ``kind``), deleted when it ends; return its status."""
+
+    def start(cleanup):
+        server = make_server()
+        cleanup.callback(server.destroy)
+        databases = {
+            "DATABASE_URL": server.create_database("messages"),
+            "AUDIT_DATABASE_URL": server.create_database("audit"),
+        }
+        return databases, (
+            f"A throwaway {kind} in {server.folder}, deleted when this stops;"
+            + "".join(f" {name}={url}" for name, url in databases.items())
+        )
+
+    return run_with_servers(command, start)

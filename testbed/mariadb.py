@@ -35,7 +35,7 @@ from sqlalchemy.pool import NullPool
 
 from .accounts import run_as
 from .accounts import unprivileged_user
-from .command import run_with_servers
+from .command import run_on_throwaway_databases
 from .loopback import free_port
 
 HOW_TO_GET_MARIADB = (
@@ -252,20 +252,9 @@ def run_on_a_throwaway_server(command):
     binaries = find_binaries()
     if binaries is None:
         raise SystemExit(HOW_TO_GET_MARIADB)
-
-    def start(cleanup):
-        instance = Instance(binaries, free_port())
-        cleanup.callback(instance.destroy)
-        databases = {
-            "DATABASE_URL": instance.create_database("messages"),
-            "AUDIT_DATABASE_URL": instance.create_database("audit"),
-        }
-        return databases, (
-            f"A throwaway MariaDB in {instance.folder}, deleted when this stops;"
-            + "".join(f" {name}={url}" for name, url in databases.items())
-        )
-
-    return run_with_servers(command, start)
+    return run_on_throwaway_databases(
+        command, "MariaDB", lambda: Instance(binaries, free_port())
+    )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from sqlalchemy.pool import NullPool
 
 from .accounts import run_as
 from .accounts import unprivileged_user
-from .command import run_with_servers
+from .command import run_on_throwaway_databases
 from .loopback import free_port
 
 # The accounts PostgreSQL runs as when the tests run as root: Debian's
@@ -321,20 +321,9 @@ def run_on_a_throwaway_cluster(command):
     bindir = find_binaries()
     if bindir is None:
         raise SystemExit(HOW_TO_GET_POSTGRES)
-
-    def start(cleanup):
-        cluster = Cluster(bindir, free_port())
-        cleanup.callback(cluster.destroy)
-        databases = {
-            "DATABASE_URL": cluster.create_database("messages"),
-            "AUDIT_DATABASE_URL": cluster.create_database("audit"),
-        }
-        return databases, (
-            f"A throwaway PostgreSQL in {cluster.folder}, deleted when this stops;"
-            + "".join(f" {name}={url}" for name, url in databases.items())
-        )
-
-    return run_with_servers(command, start)
+    return run_on_throwaway_databases(
+        command, "PostgreSQL", lambda: Cluster(bindir, free_port())
+    )
 
 
 if __name__ == "__main__":
