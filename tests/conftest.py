@@ -74,8 +74,9 @@ SERVERS = {
 }
 
 # The backends most tests run on. MariaDB is the third, for the tests that
-# name it: the shared contract on every step, and its own drills
-# (tests/test_mariadb.py).
+# name it: the shared contract on every step, the concept tests its
+# differences could break (reflection, two databases, isolation), and its
+# drills (tests/test_mariadb.py, tests/test_faults_postgres.py).
 BACKENDS = ["sqlite", "postgresql"]
 ALL_BACKENDS = [*BACKENDS, "mariadb"]
 
