@@ -187,6 +187,27 @@ def test_without_strict_mode_a_utf8mb3_column_stores_question_marks(make_app):
     assert client.get("/messages").get_json()[0]["text"] == "hello ?"
 
 
+@pytest.mark.parametrize(
+    ("step", "status"),
+    # From step 5 on, the schema file says utf8mb4 for the table and its
+    # column; step 4's create_all takes the database's character set.
+    [("step04_pooling", 422), ("step05_reflection", 201), (LATEST_STEP, 201)],
+)
+def test_in_a_latin1_database_the_schema_files_still_store_an_emoji(
+    step, status, database_url, make_app
+):
+    name = make_url(database_url).database
+    engine = create_engine(database_url, poolclass=NullPool)
+    with engine.connect() as connection:
+        connection.exec_driver_sql(f"ALTER DATABASE `{name}` CHARACTER SET latin1")
+    engine.dispose()
+    client = make_app(step).test_client()
+
+    response = client.post("/messages", json={"text": EMOJI})
+
+    assert response.status_code == status, response.get_json()
+
+
 def test_the_harness_databases_and_schema_files_are_utf8mb4(make_app):
     app = make_app(LATEST_STEP)
     engine = app.extensions["engine"]
