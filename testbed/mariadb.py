@@ -134,9 +134,16 @@ class Instance(Server):
         self.data = os.path.join(self.folder, "data")
         self.log = os.path.join(self.folder, "server.log")
         self.socket = os.path.join(self.folder, "mariadb.sock")
+        # Temporary tables in a folder of this server's own: in the shared
+        # /tmp, servers bootstrapped at once (one per test worker) remove
+        # each other's and mariadb-install-db fails ("Unknown table
+        # 'mysql.tmp_user_sys'").
+        self.temporary = os.path.join(self.folder, "tmp")
+        os.mkdir(self.temporary)
         self.owner = unprivileged_user(MARIADB_ACCOUNTS) if os.geteuid() == 0 else None
         if self.owner is not None:
-            os.chown(self.folder, self.owner.pw_uid, self.owner.pw_gid)
+            for folder in (self.folder, self.temporary):
+                os.chown(folder, self.owner.pw_uid, self.owner.pw_gid)
         self.process = None
         super().__init__(
             URL.create(
@@ -149,7 +156,7 @@ class Instance(Server):
         )
         # root without a password, as the tests' PostgreSQL trusts postgres:
         # the server listens on loopback only, for one run.
-        subprocess.run(
+        installed = subprocess.run(
             [
                 install_program,
                 # No my.cnf of the machine's: this server's settings are all here.
@@ -157,19 +164,29 @@ class Instance(Server):
                 f"--datadir={self.data}",
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
+                # Passed on to the server that builds the system tables.
+                f"--tmpdir={self.temporary}",
             ],
-            check=True,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
             cwd=self.folder,
             timeout=60,
             **run_as(self.owner),
         )
+        if installed.returncode != 0:
+            # Its last lines name the cause; its first ones are advice.
+            raise RuntimeError(
+                f"mariadb-install-db failed ({installed.returncode}):\n"
+                + "\n".join(installed.stdout.splitlines()[-5:])
+            )
         self.start()
 
     def start(self, seconds=30):
         """Start the server and wait until it accepts connections."""
         options = {
             "datadir": self.data,
+            "tmpdir": self.temporary,
             "socket": self.socket,
             "port": self.port,
             "bind-address": "127.0.0.1",

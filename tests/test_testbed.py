@@ -1,5 +1,10 @@
 """The harness itself: what the throwaway servers hand each test."""
 
+import pathlib
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import pymysql
 import pytest
 from sqlalchemy import create_engine
 from sqlalchemy import inspect
@@ -7,6 +12,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
+from testbed import mariadb
+from testbed.loopback import free_port
 from testbed.postgres import SPARE_PREFIX
 
 
@@ -47,3 +54,59 @@ def test_a_postgresql_database_handed_out_again_is_as_empty_as_a_new_one(
     finally:
         left_open.close()
         engine.dispose()
+
+
+def test_mariadb_servers_bootstrapped_at_once_each_start():
+    # The suite's workers each start one at the same moment. Sharing /tmp,
+    # their bootstraps removed each other's temporary tables, and one in
+    # four or so failed: "Unknown table 'mysql.tmp_user_sys'".
+    binaries = mariadb.find_binaries()
+    if binaries is None:
+        pytest.skip(mariadb.HOW_TO_GET_MARIADB)
+    with ThreadPoolExecutor(6) as executor:
+        starting = [
+            executor.submit(mariadb.Instance, binaries, free_port()) for _ in range(6)
+        ]
+    servers = []
+    try:
+        for future in starting:
+            if future.exception() is None:
+                servers.append(future.result())
+        assert [future.exception() for future in starting] == [None] * 6
+        for server in servers:
+            connection = pymysql.connect(
+                host="127.0.0.1", port=server.port, user="root"
+            )
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT COUNT(*) FROM mysql.user")
+                assert cursor.fetchone()[0] > 0
+            connection.close()
+    finally:
+        for server in servers:
+            server.destroy()
+
+
+def test_a_free_port_is_one_no_outgoing_connection_can_take():
+    # The kernel gives every outgoing connection a local port from this
+    # range; a server told to listen on one of them may find it taken.
+    ephemeral = pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+    lowest, highest = map(int, ephemeral.split())
+    ports = [free_port() for _ in range(20)]
+    assert all(not lowest <= port <= highest for port in ports), ports
+    assert len(set(ports)) == len(ports)
+
+
+def test_a_free_port_is_not_one_a_socket_holds():
+    # Hold the ports just after the last one handed out, where the next
+    # candidates are.
+    last = free_port()
+    held = []
+    try:
+        for port in range(last + 1, last + 6):
+            sock = socket.socket()
+            held.append(sock)
+            sock.bind(("127.0.0.1", port))
+        assert free_port() not in range(last + 1, last + 6)
+    finally:
+        for sock in held:
+            sock.close()
