@@ -360,7 +360,7 @@ def committed(signal, app):
 
 
 def test_the_apis_writes_send_the_signals_the_extension_sends_for_the_same_writes(
-    make_app, databases_for, new_database
+    make_app, new_database
 ):
     ours = make_app(STEP)
     # The extension on databases of its own, so that its ids are ours.
@@ -509,7 +509,7 @@ print(session.scalars(select(Message.text)).all())
 
 @pytest.mark.parametrize("backend", ["sqlite"])
 @pytest.mark.parametrize("step", [STEP, BEFORE])
-def test_flask_shell_opens_with_the_session_and_the_models(step, make_app, tmp_path):
+def test_flask_shell_opens_with_the_session_and_the_models(step, make_app):
     app = make_app(step)
     app.test_client().post("/messages", json={"text": "from the API"})
     environment = {
