@@ -60,14 +60,7 @@ class Pagination:
         self.items = list(session.execute(limited).unique().scalars())
         if not self.items and self.page != 1 and error_out:
             abort(404, f"page {self.page} has no items")
-        # The extension's count: the statement as a subquery, unordered, with
-        # no relationships loaded.
-        rows = select.options(lazyload("*")).order_by(None).subquery()
-        self.total = (
-            session.execute(select_(func.count()).select_from(rows)).scalar()
-            if count
-            else None
-        )
+        self.total = count_rows(session, select) if count else None
 
     @property
     def first(self):
@@ -144,6 +137,13 @@ class Pagination:
 
     def __iter__(self):
         return iter(self.items)
+
+
+def count_rows(session, select):
+    """Count the statement's rows as the extension does: the statement as a
+    subquery, unordered, with no relationships loaded."""
+    rows = select.options(lazyload("*")).order_by(None).subquery()
+    return session.execute(select_(func.count()).select_from(rows)).scalar()
 
 
 def link_header(pagination, endpoint):
