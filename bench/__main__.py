@@ -17,6 +17,7 @@ from testbed.postgres import Cluster
 from testbed.postgres import find_binaries
 from testbed.step_apps import close_app
 
+from . import helpers
 from . import per_test
 from . import pid_check
 from . import report
@@ -54,6 +55,12 @@ def parse_arguments():
         "--no-per-test",
         action="store_true",
         help="skip what a clean database costs per test (python -m bench.per_test)",
+    )
+    parser.add_argument(
+        "--no-helpers",
+        action="store_true",
+        help="skip step 10's helpers against Flask-SQLAlchemy's"
+        " (python -m bench.helpers)",
     )
     parser.add_argument(
         "--no-scale-out",
@@ -182,6 +189,9 @@ def main():
         print(out / name)
     if not arguments.no_per_test:
         for path in per_test.run(out, quick):
+            print(path)
+    if not arguments.no_helpers:
+        for path in helpers.run(out, quick):
             print(path)
     if not arguments.no_scale_out and not arguments.no_load:
         if find_pgbouncer() is None or find_binaries() is None:

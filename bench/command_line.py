@@ -6,6 +6,8 @@ elsewhere unless told.
 """
 
 import argparse
+import json
+import pathlib
 
 REFERENCE_RESULTS = "bench/results"
 QUICK_RESULTS = "bench/quick-results"
@@ -47,3 +49,13 @@ def run_part(prog, description, run):
         print(path)
     if arguments.quick:
         print(QUICK_NOTE)
+
+
+def write_outputs(out, name, results, markdown):
+    """Write a part's results into ``out`` as ``name``.json and, rendered by
+    ``markdown``, ``name``.md; return their paths, the table's first."""
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown(results))
+    return [out / f"{name}.md", out / f"{name}.json"]

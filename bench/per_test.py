@@ -17,7 +17,6 @@ so every case proves it cleaned up after the test before.
 """
 
 import contextlib
-import json
 import logging
 import os
 import pathlib
@@ -38,6 +37,7 @@ from testbed.step_apps import dispose_engines
 
 from .command_line import QUICK_NOTE
 from .command_line import run_part
+from .command_line import write_outputs
 from .timing import CallAsClient
 from .timing import time_per_request
 
@@ -217,11 +217,7 @@ def run(out, quick):
             finally:
                 cluster.destroy()
 
-    out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "per_test.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "per_test.md").write_text(markdown(results))
-    return [out / "per_test.md", out / "per_test.json"]
+    return write_outputs(out, "per_test", results, markdown)
 
 
 def main():

@@ -12,6 +12,7 @@ from bench.command_line import QUICK_RESULTS
 from bench.command_line import REFERENCE_RESULTS
 from bench.command_line import parse
 from bench.command_line import parser_for
+from bench.helpers import CASES as HELPER_CASES
 from bench.load import HOW_TO_GET_WRK
 from bench.load import find_wrk
 from bench.scale_out import CASES as SCALE_OUT_CASES
@@ -70,7 +71,7 @@ def test_the_quick_benchmark_writes_a_table_json_and_a_chart(tmp_path):
         assert f"| {name} |" in table
     # Too short to judge a goal by: it says so, in each output and as it
     # ends, and judges none.
-    for name in ("results.md", "per_test.md", "scale_out.md"):
+    for name in ("results.md", "per_test.md", "helpers.md", "scale_out.md"):
         assert QUICK_NOTE in (tmp_path / name).read_text(), name
     assert completed.stdout.splitlines()[-1] == QUICK_NOTE
     assert "goals" not in table
@@ -89,6 +90,17 @@ def test_the_quick_benchmark_writes_a_table_json_and_a_chart(tmp_path):
             "deleting the rows after each test",
         ]
     assert "| isolated(app) |" in (tmp_path / "per_test.md").read_text()
+    # Step 10's helpers and the extension's, per request and alone, on all
+    # three backends.
+    helpers = json.loads((tmp_path / "helpers.json").read_text())
+    assert [backend["backend"] for backend in helpers["backends"]] == [
+        "sqlite",
+        "postgresql",
+        "mariadb",
+    ]
+    for backend in helpers["backends"]:
+        for way in ("per request", "alone"):
+            assert list(backend[way]) == list(HELPER_CASES), way
     # Step 8's instances on one small PostgreSQL, each case once.
     scaled = json.loads((tmp_path / "scale_out.json").read_text())
     assert [row["case"] for row in scaled["rows"]] == list(SCALE_OUT_CASES)

@@ -29,7 +29,7 @@ PAGES = sorted(
 )
 TEXT = {page: (ROOT / page).read_text() for page in PAGES}
 # The benchmark's Markdown outputs, written by make bench, not by hand.
-RESULT_TABLES = ["results", "per_test", "scale_out"]
+RESULT_TABLES = ["results", "per_test", "helpers", "scale_out"]
 README = TEXT["README.md"]
 NUMBERS = {11: "eleven", 12: "twelve", 10: "ten"}
 
@@ -334,6 +334,67 @@ def test_the_load_figures_are_those_of_the_reference_run():
     assert f"({round(p99[64])} ms at 64 connections)" in text
     levelled = [row["requests per second"] for row in load["rows"][1:]]
     assert f"between {min(levelled):,} and {max(levelled):,} requests a second" in text
+
+
+def helper_costs():
+    """The reference run's step 10 helpers against the extension's, by backend."""
+    results = json.loads((ROOT / "bench" / "results" / "helpers.json").read_text())
+    assert not results["quick"]
+    return {backend["backend"]: backend for backend in results["backends"]}
+
+
+def test_the_helpers_costs_table_is_the_reference_run():
+    by_backend = helper_costs()
+    text = page(BENCHMARK)
+
+    assert list(by_backend) == ["sqlite", "postgresql", "mariadb"]
+    for case in by_backend["sqlite"]["alone"]:
+        alone = [backend["alone"][case] for backend in by_backend.values()]
+        cells = [
+            f"{timing['step 10 µs']} / {timing['Flask-SQLAlchemy 3.1 µs']}"
+            f" | {timing['ratio']:.3f}"
+            for timing in alone
+        ]
+        per_request = ", ".join(
+            f"{backend['per request'][case]['ratio']:.3f}"
+            for backend in by_backend.values()
+        )
+        assert f"| {case} | {' | '.join(cells)} | {per_request} |" in text, case
+
+
+def test_the_helpers_costs_cited_are_the_reference_runs():
+    by_backend = helper_costs()
+    text = words(page(BENCHMARK))
+    readme = words(page("step10_helpers/README.md"))
+    sqlite = by_backend["sqlite"]
+
+    alone = [
+        backend["alone"][case]["ratio"]
+        for backend in by_backend.values()
+        for case in list(backend["alone"])[1:]
+    ]
+    span = f"from {min(alone):.3f}× to {max(alone):.3f}× the extension's"
+    assert span in text
+    count_shares = []
+    for backend in by_backend.values():
+        with_count = backend["alone"]["paginate(), with its COUNT"]["step 10 µs"]
+        without = backend["alone"]["paginate(count=False)"]["step 10 µs"]
+        count_shares.append(round((with_count - without) / with_count * 100))
+    assert f"is {min(count_shares)} to {max(count_shares)}% of it" in text
+    assert span in readme
+    assert span in words(README)
+    plain = ", ".join(
+        f"{backend['per request']['no helper: session.get()']['ratio']:.3f}×"
+        for backend in by_backend.values()
+    )
+    assert f"no helper costs {plain}" in text
+    dearest = max(
+        backend["per request"]["no helper: session.get()"]["ratio"]
+        for backend in by_backend.values()
+    )
+    assert f"this step's app costs up to {dearest:.3f}×" in readme
+    with_binds, one_engine = sqlite["making a Session, µs"].values()
+    assert f"{with_binds} µs against {one_engine} µs" in text
 
 
 def test_the_per_test_costs_are_the_reference_run():
