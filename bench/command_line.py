@@ -20,7 +20,12 @@ QUICK_NOTE = (
 
 def parser_for(prog, description):
     """Return a parser that takes the options every part of the benchmark has."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    # Keep the description's lines: the parts' docstrings show their commands.
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--out",
         help=f"folder of the outputs ({REFERENCE_RESULTS}; {QUICK_RESULTS} with"

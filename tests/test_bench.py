@@ -121,3 +121,18 @@ def test_a_quick_run_leaves_the_reference_results_alone(monkeypatch, arguments, 
     assert parse(parser_for("python -m bench", "")).out == out
     # Nor does git see what a quick run writes.
     assert f"{QUICK_RESULTS}/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+@pytest.mark.parametrize("part", ["bench.per_test", "bench.helpers", "bench.scale_out"])
+def test_each_parts_help_shows_the_commands_of_its_docstring(part):
+    completed = subprocess.run(
+        [sys.executable, "-m", part, "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    # One command a line, as the docstring writes them.
+    assert f"\n    python -m {part} --quick " in completed.stdout
