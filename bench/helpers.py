@@ -75,22 +75,26 @@ def plain(calls):
 
 
 def page(calls):
+    """Page 2 of 20 by id, and the COUNT of all."""
     model = calls.message_model()
     pagination = calls.paginate(select(model).order_by(model.id))
     return pagination.items, pagination.total
 
 
 def page_without_count(calls):
+    """Page 2 of 20 by id, without the COUNT."""
     model = calls.message_model()
     pagination = calls.paginate(select(model).order_by(model.id), count=False)
     return pagination.items, pagination.total
 
 
 def get(calls):
+    """Message 1, or a 404."""
     return [calls.get_or_404(calls.message_model(), 1)], None
 
 
 def rename(calls):
+    """Change message 1's text and commit: the commit signals' case."""
     message = calls.get_or_404(calls.message_model(), 1)
     # A new text each time, so that every commit writes an UPDATE.
     message.text = f"renamed {next(calls.renames)}"
@@ -114,6 +118,7 @@ CASES = {
 
 
 def path_of(call):
+    """Return the path of the view that makes ``call``."""
     return f"/bench/{call.__name__}{PAGE}"
 
 
