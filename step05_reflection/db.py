@@ -20,6 +20,16 @@ from .web import unavailable
 # The schema belongs to the database: init-db applies these files, standing
 # in for the team's own schema tool, one file per kind of database.
 SCHEMA_FOLDER = pathlib.Path(__file__).resolve().parent / "schema"
+# The file of each of SQLAlchemy's dialects. A mysql+pymysql:// URL, which
+# most MySQL and MariaDB users write, gives the dialect "mysql" whichever
+# server it reaches, and mariadb+pymysql:// gives "mariadb": both read
+# MariaDB's file.
+SCHEMA_FILES = {
+    "sqlite": "sqlite.sql",
+    "postgresql": "postgresql.sql",
+    "mariadb": "mariadb.sql",
+    "mysql": "mariadb.sql",
+}
 
 # Each pool setting answers a fault seen in production; any of them can be
 # overridden through the ENGINE_OPTIONS configuration key.
@@ -196,9 +206,9 @@ def schema_missing(error):
 def init_db_command():
     """Create the tables that do not exist yet, from the schema file."""
     engine = get_engine()
-    schema = SCHEMA_FOLDER / f"{engine.dialect.name}.sql"
-    if not schema.is_file():
+    if engine.dialect.name not in SCHEMA_FILES:
         raise click.ClickException(f"no schema file for {engine.dialect.name}")
+    schema = SCHEMA_FOLDER / SCHEMA_FILES[engine.dialect.name]
     with engine.begin() as connection:
         # One statement per semicolon: enough for this schema, which has no
         # semicolon inside a statement. A schema tool parses properly.

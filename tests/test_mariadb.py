@@ -17,8 +17,10 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.pool import NullPool
 
+from step01_engine.models import messages
 from testbed import mariadb as mariadb_servers
 from testbed.loopback import free_port
 from testbed.step_apps import close_app
@@ -267,3 +269,74 @@ def test_pymysql_builds_a_tls_context_for_each_connection_unless_told_not_to(
     finally:
         preferred.close()
         disabled.close()
+
+
+# 5. MySQL's spelling, and MySQL itself
+#
+# Most users write mysql+pymysql://, which reaches MariaDB as well: the
+# shared contract runs on every step through such a URL (the "mysql-url"
+# backend of tests/test_contract.py). MySQL 8 itself cannot run here (Debian
+# ships no MySQL server): what SQLAlchemy would do with one is shown on its
+# dialect, without a server.
+
+
+@pytest.mark.parametrize("backend", ["mysql-url"])
+@pytest.mark.parametrize("step", served(steps_from("step05_reflection")))
+def test_a_mysql_url_reaches_mariadb_through_the_mysql_dialect(step, make_app):
+    # make_app runs init-db: its schema file is chosen by the dialect's name.
+    app = make_app(step)
+    client = app.test_client()
+
+    engine = app.extensions["engine"]
+    assert engine.url.drivername == "mysql+pymysql"
+    assert (engine.dialect.name, engine.dialect.is_mariadb) == ("mysql", True)
+    created = client.post("/messages", json={"text": "🦭 mysql+pymysql"})
+    assert created.status_code == 201
+    assert client.get("/messages").get_json() == [created.get_json()]
+
+
+def dialect_as_set_for(url, is_mariadb, server_version):
+    """Return SQLAlchemy's dialect for ``url`` as its first connection to
+    such a server sets it up, without a server: MySQL 8 cannot run here."""
+    dialect = create_engine(url).dialect
+    dialect._set_mariadb(is_mariadb, server_version)
+    return dialect
+
+
+MYSQL_8 = ("mysql+pymysql://", False, (8, 0, 36))
+MARIADB_10 = ("mysql+pymysql://", True, (10, 11, 6))
+
+
+def test_on_mysql_the_orm_reads_new_ids_from_the_cursor_not_returning():
+    mysql = dialect_as_set_for(*MYSQL_8)
+    mariadb = dialect_as_set_for(*MARIADB_10)
+    insert_returning = messages.insert().values(text="x").returning(messages)
+    delete_returning = messages.delete().returning(messages.c.id)
+
+    # What the ORM (steps 2 on) and SQLAlchemy's own inserts use RETURNING
+    # for: MariaDB's INSERT (10.5 on) and DELETE (10.0.5 on), not MySQL's,
+    # whose new ids come from the cursor (lastrowid).
+    assert (mariadb.insert_returning, mariadb.delete_returning) == (True, True)
+    assert (mysql.insert_returning, mysql.delete_returning) == (False, False)
+    # Step 1 asks for RETURNING itself: SQLAlchemy sends it whatever the
+    # server, and MySQL's parser, which has no RETURNING, refuses it.
+    for statement in (insert_returning, delete_returning):
+        assert "RETURNING" in str(statement.compile(dialect=mysql))
+
+
+def test_a_mariadb_url_refuses_a_mysql_server():
+    with pytest.raises(InvalidRequestError, match="8.0.36 is not a MariaDB variant"):
+        dialect_as_set_for("mariadb+pymysql://", False, (8, 0, 36))
+
+
+def test_mysql_8s_inactivity_error_counts_as_a_lost_connection():
+    # From MySQL 8.0.24 the server says why it closed an idle connection:
+    # 4031 ER_CLIENT_INTERACTION_TIMEOUT, where MariaDB's client sees 2006.
+    dialect = dialect_as_set_for(*MYSQL_8)
+    timed_out = pymysql.err.OperationalError(
+        4031, "The client was disconnected by the server because of inactivity."
+    )
+    gone = pymysql.err.OperationalError(2006, "MySQL server has gone away")
+
+    assert dialect.is_disconnect(timed_out, None, None)
+    assert dialect.is_disconnect(gone, None, None)
