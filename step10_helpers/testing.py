@@ -13,10 +13,12 @@ import pytest
 from flask import has_app_context
 from sqlalchemy import event
 
-# Which isolated() block the code running now belongs to: set by the block
-# for the thread that entered it, and copied with that thread's context
-# variables into each async view its requests run.
-_isolating = contextvars.ContextVar("isolating", default=None)
+# The isolated() blocks the code running now belongs to: each block adds
+# itself for the thread that entered it, and the set is copied with that
+# thread's context variables into each async view its requests run. A set,
+# so that a block on one app inside a block on another leaves the outer
+# app's requests admitted.
+_isolating = contextvars.ContextVar("isolating", default=frozenset())
 
 
 # A savepoint isolated() sets as the block begins, which only the end of the
@@ -53,7 +55,7 @@ def isolated(app):
         # threads interleave their statements on it. An async view runs in
         # a thread of its own, while the request's thread waits for it: it
         # belongs to the block, and it has the block's context variables.
-        if _isolating.get() is not block:
+        if block not in _isolating.get():
             raise IsolationError(
                 "isolated(app) holds one connection per database for the"
                 " thread that entered it; this Session belongs to another"
@@ -81,7 +83,7 @@ def isolated(app):
             join_transaction_mode="create_savepoint",
         )
         event.listen(factory, "after_transaction_create", refuse_other_threads)
-        token = _isolating.set(block)
+        token = _isolating.set(_isolating.get() | {block})
         try:
             yield
         finally:

@@ -12,6 +12,7 @@ import weakref
 from contextlib import contextmanager
 
 import pytest
+from flask.globals import request_ctx
 from sqlalchemy.pool import NullPool
 
 from testbed.fork import in_forked_child
@@ -225,6 +226,30 @@ def test_a_childs_first_teardown_leaves_the_inherited_session_unclosed(
         # Step 3's teardown closes the Session the thread inherited, and its
         # rollback goes over the parent's socket; step 4's claims first.
         assert in_forked_child(tear_down_in_the_child) is left_open
+
+
+@pytest.mark.parametrize(
+    ("step", "left_open"),
+    [("step03_teardown", False), *((step, True) for step in STEPS_WITH_POOLING)],
+)
+def test_a_child_that_ends_the_inherited_request_leaves_its_session_unclosed(
+    step, left_open, make_app
+):
+    app = make_app(step)
+    db = import_step(step).db
+    with a_request_whose_session_holds_a_connection(app, db) as parent_session:
+
+        def end_the_inherited_request():
+            # The request the child inherited ends in the child: its teardown
+            # runs in the parent's app context, the very key under which
+            # step 9's registry holds the parent's Session. Only claim(),
+            # which empties the registry first, keeps teardown off it.
+            request_ctx._get_current_object().pop()
+            return parent_session.in_transaction()
+
+        assert in_forked_child(end_the_inherited_request) is left_open
+        # The parent's request goes on in its transaction.
+        assert parent_session.in_transaction()
 
 
 def test_the_parent_keeps_its_connection_after_a_fork(client):

@@ -21,10 +21,12 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from testbed import ROOT
+from testbed.step_apps import close_app
 from testbed.step_apps import dispose_engines
 from testbed.threads import run_in_new_thread
 
 from .conftest import ALL_BACKENDS
+from .conftest import create_app_with_tables
 from .steps import import_step
 from .steps import message_class
 from .steps import pool_status
@@ -277,6 +279,36 @@ def test_another_thread_is_refused_with_a_clear_error(step, make_app, isolated):
         assert len(client.get("/messages").get_json()) == 1
 
     assert committed(app) == NOTHING
+
+
+def test_blocks_on_two_apps_nest_and_each_app_keeps_serving_the_test(
+    step, make_app, new_database, isolated
+):
+    outer_app = make_app(step)
+    inner_app = create_app_with_tables(
+        step,
+        {
+            "DATABASE_URL": new_database("inner"),
+            "AUDIT_DATABASE_URL": new_database("inner_audit"),
+        },
+    )
+    outer, inner = outer_app.test_client(), inner_app.test_client()
+    try:
+        with isolated(outer_app):
+            assert outer.post("/messages", json={"text": "before"}).status_code == 201
+            with isolated(inner_app):
+                assert inner.post("/messages", json={"text": "in"}).status_code == 201
+                # The test's thread is in both blocks: it may use both apps.
+                assert (
+                    outer.post("/messages", json={"text": "during"}).status_code == 201
+                )
+            # The inner block is over: the outer one goes on as before.
+            assert outer.post("/messages", json={"text": "after"}).status_code == 201
+            assert len(outer.get("/messages").get_json()) == 3
+
+        assert committed(outer_app) == committed(inner_app) == NOTHING
+    finally:
+        close_app(inner_app)
 
 
 def test_once_the_block_is_over_other_threads_write_and_read_as_before(

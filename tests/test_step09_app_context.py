@@ -14,6 +14,7 @@ import json
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from urllib.parse import urlsplit
 
 import click
@@ -223,6 +224,23 @@ def test_isolated_app_admits_the_async_views_of_its_requests(make_app, step):
         assert client.get("/messages").get_json() == [created.get_json()]
 
     assert app.test_client().get("/messages").get_json() == []
+
+
+def test_a_block_leaves_the_threads_context_variables_as_it_found_them(make_app, step):
+    app = make_app(step)
+    testing = import_step(f"{step}.testing")
+    its_variables = [
+        value for value in vars(testing).values() if isinstance(value, ContextVar)
+    ]
+    before = {variable: variable.get() for variable in its_variables}
+
+    with testing.isolated(app):
+        assert app.test_client().get("/messages").status_code == 200
+
+    # Nothing of the block is left in the thread's context: a test runner's
+    # thread that runs a thousand tests keeps no thousand blocks.
+    assert its_variables
+    assert {variable: variable.get() for variable in its_variables} == before
 
 
 def test_on_step_8_isolated_app_refuses_an_async_views_thread(make_app):
