@@ -144,6 +144,36 @@ def test_each_write_reaches_the_messages_database_before_its_audit_entry(
     assert sent == [("engine", statement), ("audit_engine", "INSERT")]
 
 
+@pytest.mark.parametrize(
+    ("change", "statement"),
+    [("insert", "INSERT"), ("update", "UPDATE"), ("delete", "DELETE")],
+)
+def test_record_writes_the_pending_change_before_its_audit_entry(
+    step, make_app, change, statement
+):
+    # Whatever a view left unflushed, record() writes it before its entry:
+    # the order holds for a handler that relies on record() alone.
+    app = make_app(step)
+    app.test_client().post("/messages", json={"text": "first"})
+    db = import_step(f"{step}.db")
+    record = import_step(f"{step}.views").record
+    sent = statements_of_both_databases(app)
+
+    with app.app_context():
+        session = db.get_session()
+        Message = db.get_models().Message
+        if change == "insert":
+            session.add(Message(text="pending"))
+        elif change == "update":
+            session.get(Message, 1).text = "pending"
+        else:
+            session.delete(session.get(Message, 1))
+        record(session, change, 1)
+        session.commit()
+
+    assert sent == [("engine", statement), ("audit_engine", "INSERT")]
+
+
 def test_step_5_has_one_database_and_no_audit_log(make_app):
     client = make_app("step05_reflection").test_client()
 

@@ -191,15 +191,24 @@ def test_behind_pooler_takes_true_or_false_and_nothing_else(value, monkeypatch):
 
 
 def test_behind_pooler_refuses_postgresql_through_another_driver():
-    # Its settings are psycopg's: psycopg2 has no prepare_threshold.
+    # Its settings are psycopg's. psycopg2 is installed beside the tests, so
+    # the refusal is the guard's, not a missing driver's: psycopg2 would
+    # take the settings in silence (it drops a keyword set to None), on a
+    # driver no drill here runs behind PgBouncer.
+    urls = {
+        "DATABASE_URL": "postgresql+psycopg2://reader@127.0.0.1:9/messages",
+        "AUDIT_DATABASE_URL": "postgresql+psycopg2://reader@127.0.0.1:9/audit",
+    }
     with pytest.raises(ValueError, match="not postgresql\\+psycopg2"):
-        create_app(
-            {
-                "DATABASE_URL": "postgresql+psycopg2://reader@127.0.0.1:9/messages",
-                "AUDIT_DATABASE_URL": "postgresql+psycopg2://reader@127.0.0.1:9/audit",
-                "BEHIND_POOLER": True,
-            }
-        )
+        create_app({**urls, "BEHIND_POOLER": True})
+
+    # Without BEHIND_POOLER the same URLs make an app, on psycopg2: its
+    # startup fails to connect (nothing listens on port 9), and says so.
+    app = create_app({**urls, "BEHIND_POOLER": False})
+    try:
+        assert app.extensions["engine"].dialect.driver == "psycopg2"
+    finally:
+        close_app(app)
 
 
 def test_behind_pooler_refuses_a_database_that_is_not_postgresql(tmp_path):

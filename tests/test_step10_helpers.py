@@ -11,6 +11,7 @@ import itertools
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from flask import Flask
@@ -20,6 +21,8 @@ from sqlalchemy import Integer
 from sqlalchemy import String
 from sqlalchemy import insert
 from sqlalchemy import select
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.exc import NoInspectionAvailable
 from werkzeug.exceptions import NotFound
 
@@ -347,6 +350,44 @@ def test_without_record_queries_nothing_is_recorded(make_app):
         assert helpers.get_recorded_queries() == []
 
 
+# A statement that takes 50 ms on the database's side, on each backend:
+# SQLite's is a function of the test's own, on the request's connection.
+SLEEP_50_MS = {"sqlite": "SELECT sleep_ms(50)", "postgresql": "SELECT pg_sleep(0.05)"}
+
+
+def test_a_recorded_querys_times_are_those_of_its_run(make_app, backend):
+    app = make_app(STEP, RECORD_QUERIES=True)
+    with app.app_context():
+        session = app.extensions["session"]()
+        if backend == "sqlite":
+            session.connection().connection.driver_connection.create_function(
+                "sleep_ms", 1, lambda ms: time.sleep(ms / 1000)
+            )
+        started = time.perf_counter()
+        session.execute(text(SLEEP_50_MS[backend]))
+        ended = time.perf_counter()
+        [query] = helpers.get_recorded_queries()
+
+    assert query.statement == SLEEP_50_MS[backend]
+    # The query's own clock readings, inside the caller's, 50 ms or more apart.
+    assert started <= query.start_time < query.end_time <= ended
+    assert 0.05 <= query.duration <= ended - started
+
+
+def test_the_queries_of_both_databases_are_recorded(make_app):
+    app = make_app(STEP, RECORD_QUERIES=True)
+    with app.test_request_context("/messages", method="POST", json={"text": "hi"}):
+        assert app.full_dispatch_request().status_code == 201
+        inserts = [
+            query.statement.split("(")[0].strip()
+            for query in helpers.get_recorded_queries()
+            if query.statement.startswith("INSERT")
+        ]
+
+    # The message in the messages database, its entry in the audit one.
+    assert inserts == ["INSERT INTO messages", "INSERT INTO audit_log"]
+
+
 def committed(signal, app):
     """Connect to a signal for the app; return the list its payloads go to,
     each as (table, id, operation)."""
@@ -428,6 +469,97 @@ def test_a_write_that_fails_sends_no_signal(make_app):
     assert sent == [[("messages", 1, "insert"), ("audit_log", 1, "insert")]]
 
 
+def test_a_commit_the_database_refuses_sends_no_models_committed_as_the_extensions(
+    make_app, databases_for
+):
+    ours = make_app(STEP)
+    theirs, db, TheirMessage, _ = flask_sqlalchemy_app(
+        databases_for(STEP), SQLALCHEMY_TRACK_MODIFICATIONS=True
+    )
+    Message = ours.extensions["models"].get().Message
+    payloads = {
+        (name, signal): committed(getattr(module, signal), app)
+        for name, app, module in [
+            ("ours", ours, helpers),
+            ("theirs", theirs, flask_sqlalchemy.track_modifications),
+        ]
+        for signal in ("before_models_committed", "models_committed")
+    }
+    with ours.app_context():
+        session = ours.extensions["session"]()
+        session.add(Message(text="first"))
+        session.commit()
+        # The primary key is taken: the database refuses the commit's INSERT.
+        session.add(Message(id=1, text="again"))
+        with pytest.raises(IntegrityError):
+            session.commit()
+    try:
+        with theirs.app_context():
+            db.session.add(TheirMessage(id=1, text="again"))
+            with pytest.raises(IntegrityError):
+                db.session.commit()
+    finally:
+        with theirs.app_context():
+            for engine in db.engines.values():
+                engine.dispose()
+
+    # Before the commit, both announce the insert the database then refused;
+    # after it, neither says anything was committed.
+    assert payloads["ours", "before_models_committed"][1:] == [
+        [("messages", 1, "insert")]
+    ]
+    assert payloads["theirs", "before_models_committed"] == [
+        [("messages", 1, "insert")]
+    ]
+    assert payloads["ours", "models_committed"] == [[("messages", 1, "insert")]]
+    assert payloads["theirs", "models_committed"] == []
+
+
+def test_models_committed_goes_out_once_other_connections_see_the_commit(make_app):
+    app = make_app(STEP)
+    engine = app.extensions["engine"]
+    seen_elsewhere = {}
+
+    def read_from_another_connection(signal_name):
+        def receive(sender, changes):
+            with engine.connect() as connection:
+                seen_elsewhere[signal_name] = (
+                    connection.execute(text("SELECT text FROM messages"))
+                    .scalars()
+                    .all()
+                )
+
+        return receive
+
+    helpers.before_models_committed.connect(
+        read_from_another_connection("before"), app, weak=False
+    )
+    helpers.models_committed.connect(
+        read_from_another_connection("after"), app, weak=False
+    )
+
+    assert app.test_client().post("/messages", json={"text": "hi"}).status_code == 201
+
+    assert seen_elsewhere == {"before": [], "after": ["hi"]}
+
+
+def test_a_commit_outside_an_app_context_sends_nothing_and_raises_nothing(make_app):
+    # A script or a job that makes a Session of the app's factory, with no
+    # app context: the signals name an app, and there is none to name.
+    app = make_app(STEP)
+    sent = committed(helpers.models_committed, app)
+    before = committed(helpers.before_models_committed, app)
+    Message = app.extensions["models"].get().Message
+
+    with app.extensions["session"].session_factory() as session:
+        session.add(Message(text="from a job"))
+        session.commit()
+
+    assert (sent, before) == ([], [])
+    client = app.test_client()
+    assert [m["text"] for m in client.get("/messages").get_json()] == ["from a job"]
+
+
 @pytest.mark.parametrize("step", [STEP, BEFORE])
 def test_the_api_pages_on_step_10_and_lists_everything_on_step_9(step, make_app):
     app = make_app(step)
@@ -459,6 +591,33 @@ def test_the_api_pages_on_step_10_and_lists_everything_on_step_9(step, make_app)
         .headers["Link"]
         .endswith('</messages?page=1&per_page=100>; rel="last"')
     )
+
+
+def links_of(response):
+    """Return a Link header's targets by relation."""
+    return {
+        relation.partition('rel="')[2].rstrip('"'): target.strip(" <>")
+        for target, _, relation in (
+            link.partition(";") for link in response.headers["Link"].split(",")
+        )
+    }
+
+
+@pytest.mark.parametrize("messages", [0, 1, 45])
+def test_every_page_the_link_header_names_answers(make_app, messages):
+    client = make_app(STEP).test_client()
+    for number in range(messages):
+        client.post("/messages", json={"text": f"message {number}"})
+
+    response = client.get("/messages?page=1&per_page=10")
+
+    assert response.headers["X-Total-Count"] == str(messages)
+    links = links_of(response)
+    # An empty list still has a first page, and it is the last one too.
+    assert links["first"] == "/messages?page=1&per_page=10"
+    assert links["last"] == f"/messages?page={max(1, -(-messages // 10))}&per_page=10"
+    for target in links.values():
+        assert client.get(target).status_code == 200, target
 
 
 @pytest.mark.parametrize(
