@@ -397,6 +397,20 @@ def test_the_helpers_costs_cited_are_the_reference_runs():
     assert f"{with_binds} µs against {one_engine} µs" in text
 
 
+def test_the_length_of_step_10s_helpers_cited_is_the_modules():
+    lines = len((ROOT / "step10_helpers" / "helpers.py").read_text().splitlines())
+    cited = [
+        (page_path, int(number))
+        for page_path in PAGES
+        for number in re.findall(
+            r"(\d+) lines (?:by hand|with its comments)", words(TEXT[page_path])
+        )
+    ]
+
+    assert cited
+    assert {number for _, number in cited} == {lines}, cited
+
+
 def test_the_per_test_costs_are_the_reference_run():
     costs = section(
         "step07_testing/README.md", "**What it costs per test**", "**Try it.**"
