@@ -7,7 +7,12 @@ class Pagination(helpers.Pagination):
     """A page of whatever a subclass queries, as the extension's base class
     is made: the subclass gives the items and the count (``_query_items``,
     ``_query_count``), and step 10's Pagination the rest: the page and its
-    size as paginate() reads them, every field, and iter_pages()."""
+    size as paginate() reads them, every field, and iter_pages().
+
+    Only that: no test of a subclass turns its page (prev(), next()) or
+    asks for an empty one (the 404), which db.paginate()'s tests reach in
+    step 10's own Pagination.
+    """
 
     def __init__(
         self,
