@@ -259,11 +259,13 @@ def record_end(conn, cursor, statement, parameters, context, executemany):
 
 def caller_in_the_app():
     """Return where the app's code, outside this module, ran the query."""
-    package = f"{current_app.import_name.partition('.')[0]}."
+    # The app's code: its top-level module (a single app.py, a package's
+    # __init__.py) and the modules under it, as the extension finds it.
+    top = current_app.import_name.partition(".")[0]
     frame = sys._getframe()
     while frame:
         name = frame.f_globals.get("__name__", "")
-        if name.startswith(package) and name != __name__:
+        if (name == top or name.startswith(f"{top}.")) and name != __name__:
             code = frame.f_code
             return f"{code.co_filename}:{frame.f_lineno} ({code.co_name})"
         frame = frame.f_back

@@ -16,6 +16,7 @@ from bench.report import table
 from testbed import ROOT
 
 from .conftest import is_slow
+from .flask_sqlalchemy_shim import step10_plan as plan
 from .steps import STEPS
 
 # Every page a reader reads; bench/results holds the benchmark's outputs.
@@ -123,11 +124,48 @@ def test_each_step_has_a_readme_that_names_its_tests_its_notebook_and_its_diff(s
     assert f"]({step}/)" in README
 
 
+# The extension's test files and tests that its plan names: the run of its
+# tests fails if the release has a file the plan does not name, or has not
+# a test it names.
+EXTENSION_TESTS = {
+    name.removesuffix(".py")
+    for key in [*plan.APPLIES, *plan.DOES_NOT_APPLY, *plan.EXPECTED_FAILURES]
+    for name in key.split("::")
+}
+
+
 def test_every_test_a_page_names_exists():
     test_sources = "".join(path.read_text() for path in (ROOT / "tests").glob("*.py"))
     for page_path in PAGES:
         for name in set(re.findall(r"(?:`|::)(test_\w+)", TEXT[page_path])):
-            assert f"def {name}(" in test_sources, (page_path, name)
+            if name not in EXTENSION_TESTS:
+                assert f"def {name}(" in test_sources, (page_path, name)
+
+
+def test_the_figures_of_the_extensions_own_tests_are_those_its_run_holds_to():
+    outcomes = plan.OUTCOMES
+    applies = outcomes["passed"] + outcomes["xfailed"]
+    figures = (
+        f"{applies} items apply, {outcomes['passed']} pass and"
+        f" {outcomes['xfailed']} fail by design"
+    )
+    whole_files_left_out = [key for key in plan.DOES_NOT_APPLY if "::" not in key]
+    files = len(plan.APPLIES) + len(whole_files_left_out)
+    tests_left_out = len(plan.DOES_NOT_APPLY) - len(whole_files_left_out)
+
+    for page_path in (
+        "step10_helpers/README.md",
+        "docs/tests.md",
+        "docs/comparison.md",
+    ):
+        assert figures in words(page(page_path)), page_path
+    assert f"the {len(plan.APPLIES)} of its {files} test files" in words(
+        page("step10_helpers/README.md")
+    )
+    assert (
+        f"the {len(plan.APPLIES)} of its {files} that test what step 10"
+        f" re-implements run, but {tests_left_out} tests of `test_session.py`"
+    ) in words(page("docs/tests.md"))
 
 
 # "step04_pooling/db.py:53` `app.teardown_appcontext(remove_session)": a line
@@ -395,6 +433,20 @@ def test_the_helpers_costs_cited_are_the_reference_runs():
     assert f"this step's app costs up to {dearest:.3f}×" in readme
     with_binds, one_engine = sqlite["making a Session, µs"].values()
     assert f"{with_binds} µs against {one_engine} µs" in text
+
+
+def test_the_length_of_step_10s_helpers_cited_is_the_modules():
+    lines = len((ROOT / "step10_helpers" / "helpers.py").read_text().splitlines())
+    cited = [
+        (page_path, int(number))
+        for page_path in PAGES
+        for number in re.findall(
+            r"(\d+) lines (?:by hand|with its comments)", words(TEXT[page_path])
+        )
+    ]
+
+    assert cited
+    assert {number for _, number in cited} == {lines}, cited
 
 
 def test_the_per_test_costs_are_the_reference_run():

@@ -7,6 +7,7 @@ payloads. Where the two differ, a test says so and shows both. The failing
 variants run on step 9, which has none of this.
 """
 
+import importlib.util
 import itertools
 import os
 import subprocess
@@ -27,6 +28,7 @@ from sqlalchemy.exc import NoInspectionAvailable
 from werkzeug.exceptions import NotFound
 
 from testbed import ROOT
+from testbed.step_apps import close_app
 from testbed.step_apps import initialize_databases
 
 from .steps import import_step
@@ -341,6 +343,106 @@ def test_recorded_queries_have_the_extensions_fields_and_the_views_location(both
         for q in ours_seen
     ), [q.location for q in ours_seen]
     assert all(q.location.endswith("(list_messages)") for q in theirs_seen)
+
+
+# An app whose code lives in the module its import name names: a single
+# app.py, or a package's __init__.py. Both apps, step 10's and the
+# extension's, run the same query from a view there.
+APP_IN_ITS_OWN_MODULE = """\
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import select
+
+from step10_helpers import db
+from step10_helpers import helpers
+
+
+def create_step_10_app(config):
+    app = Flask(__name__)
+    app.config.update(config)
+    db.init_app(app)
+    helpers.init_app(app)
+
+    @app.get("/one")
+    def one():
+        return str(db.get_session().scalar(select(1)))  # step 10 runs it here
+
+    return app
+
+
+def create_flask_sqlalchemy_app(config):
+    app = Flask(__name__)
+    app.config.update(config)
+    extension = SQLAlchemy(app)
+
+    @app.get("/one")
+    def one():
+        return str(extension.session.scalar(select(1)))  # the extension runs it here
+
+    return app
+"""
+
+
+def import_app_module(path, name, monkeypatch):
+    """Import a module or package (its ``__init__.py``) from a file of its own,
+    under a top-level name, for the test's duration."""
+    package_folder = [str(path.parent)] if path.name == "__init__.py" else None
+    spec = importlib.util.spec_from_file_location(
+        name, path, submodule_search_locations=package_folder
+    )
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize(
+    "module_path", ["app_in_one_module.py", "app_package/__init__.py"]
+)
+def test_a_query_in_the_import_names_own_module_is_located_as_the_extension_does(
+    module_path, databases_for, tmp_path, monkeypatch
+):
+    path = tmp_path / module_path
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(APP_IN_ITS_OWN_MODULE)
+    name = module_path.partition("/")[0].removesuffix(".py")
+    module = import_app_module(path, name, monkeypatch)
+    databases = databases_for(STEP)
+    ours = module.create_step_10_app(
+        {
+            **databases,
+            "ENGINE_OPTIONS": {},
+            "BEHIND_POOLER": False,
+            "RECORD_QUERIES": True,
+        }
+    )
+    theirs = module.create_flask_sqlalchemy_app(
+        {
+            "SQLALCHEMY_DATABASE_URI": databases["DATABASE_URL"],
+            "SQLALCHEMY_RECORD_QUERIES": True,
+        }
+    )
+    lines = APP_IN_ITS_OWN_MODULE.splitlines()
+    found, expected = {}, {}
+    try:
+        for who, app, module_of_queries, comment in [
+            ("ours", ours, helpers, "# step 10 runs it here"),
+            ("theirs", theirs, flask_sqlalchemy.record_queries, "# the extension"),
+        ]:
+            with app.test_request_context("/one"):
+                assert app.full_dispatch_request().get_data(as_text=True) == "1"
+                (query,) = module_of_queries.get_recorded_queries()
+            line = next(n for n, text in enumerate(lines, 1) if comment in text)
+            found[who], expected[who] = query.location, f"{path}:{line} (one)"
+    finally:
+        close_app(ours)
+        with theirs.app_context():
+            theirs.extensions["sqlalchemy"].engine.dispose()
+
+    # Both name the view's line in the app's own module: step 10 said
+    # "<unknown>" when it looked only in modules under "<import name>.".
+    assert found == expected
 
 
 def test_without_record_queries_nothing_is_recorded(make_app):
