@@ -69,9 +69,14 @@ endif
 test: $(TEST_INSTALLED)
 	$(BIN)/pytest -n $(TEST_WORKERS) --maxschedchunk 2 $(PYTEST_ARGS)
 
+# Every step package, typed as a reader's editor needs: mypy --strict checks
+# each one, a new step too, by existing.
+STEP_PACKAGES := $(dir $(wildcard step[0-9][0-9]_*/__init__.py))
+
 lint: $(TEST_INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict $(STEP_PACKAGES)
 	$(STRIP_NOTEBOOKS) --verify notebooks/*.ipynb
 
 # JupyterLab listens on loopback only; it refuses to run as root unless told.
@@ -94,4 +99,4 @@ screenshots: $(TEST_INSTALLED)
 	$(BIN)/python -m testbed.screenshots docs/screenshots
 
 clean:
-	rm -rf $(VENV) instance .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) instance .pytest_cache .ruff_cache .mypy_cache .hypothesis

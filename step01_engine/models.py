@@ -2,18 +2,20 @@
 
 from datetime import UTC
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Column
 from sqlalchemy import DateTime
 from sqlalchemy import Integer
 from sqlalchemy import MetaData
+from sqlalchemy import Row
 from sqlalchemy import String
 from sqlalchemy import Table
 
 MAX_TEXT_LENGTH = 500
 
 
-def utc_now():
+def utc_now() -> datetime:
     """Return the current time in UTC."""
     return datetime.now(UTC)
 
@@ -29,7 +31,7 @@ messages = Table(
 )
 
 
-def to_dict(message):
+def to_dict(message: Row[Any]) -> dict[str, Any]:
     """Return a row of ``messages`` as the API shows it."""
     # SQLite keeps no time zone: the value comes back naive, as utc_now()
     # wrote it. PostgreSQL's comes back in the session's time zone.

@@ -1,5 +1,7 @@
 """The routes that use the database: the page's messages and the JSON API."""
 
+from typing import Any
+
 from flask import url_for
 from sqlalchemy import delete
 from sqlalchemy import insert
@@ -17,7 +19,7 @@ from .web import render_page
 
 
 @bp.get("/")
-def index():
+def index() -> str:
     """Show the messages, a form to add one, and the live pool panel."""
     with db.get_engine().connect() as connection:
         rows = connection.execute(select(messages).order_by(messages.c.id)).all()
@@ -25,7 +27,7 @@ def index():
 
 
 @bp.get("/messages")
-def list_messages():
+def list_messages() -> list[dict[str, Any]]:
     """List the messages by id."""
     with db.get_engine().connect() as connection:
         rows = connection.execute(select(messages).order_by(messages.c.id)).all()
@@ -33,7 +35,7 @@ def list_messages():
 
 
 @bp.post("/messages")
-def create_message():
+def create_message() -> tuple[dict[str, Any], int, dict[str, str]]:
     """Add a message from a JSON body ``{"text": ...}``."""
     text = read_text()
     # begin() commits when the block ends, or rolls back if it raises.
@@ -46,7 +48,7 @@ def create_message():
 
 
 @bp.get(f"/messages/{MESSAGE_ID}")
-def get_message(message_id):
+def get_message(message_id: int) -> dict[str, Any]:
     """Show one message."""
     statement = select(messages).where(messages.c.id == message_id)
     with db.get_engine().connect() as connection:
@@ -55,7 +57,7 @@ def get_message(message_id):
 
 
 @bp.patch(f"/messages/{MESSAGE_ID}")
-def update_message(message_id):
+def update_message(message_id: int) -> dict[str, Any]:
     """Replace a message's text from a JSON body ``{"text": ...}``."""
     text = read_text()
     where = messages.c.id == message_id
@@ -68,7 +70,7 @@ def update_message(message_id):
 
 
 @bp.delete(f"/messages/{MESSAGE_ID}")
-def delete_message(message_id):
+def delete_message(message_id: int) -> tuple[str, int]:
     """Delete a message."""
     statement = delete(messages).where(messages.c.id == message_id)
     with db.get_engine().begin() as connection:
@@ -77,7 +79,7 @@ def delete_message(message_id):
     return "", 204
 
 
-def found(row, message_id):
+def found(row: Any, message_id: int) -> Any:
     """Return the row if there is one, or abort with 404."""
     if row is None:
         message_not_found(message_id)

@@ -1,16 +1,19 @@
 """The engine, the session registry, and the ``init-db`` command."""
 
 import click
+from flask import Flask
 from flask import current_app
 from flask.cli import with_appcontext
+from sqlalchemy import Engine
 from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
 from sqlalchemy.orm import scoped_session
 from sqlalchemy.orm import sessionmaker
 
 from .models import Base
 
 
-def init_app(app):
+def init_app(app: Flask) -> None:
     """Give the app its engine and session registry, and register the CLI."""
     # One engine per app, created here and never per request: the engine
     # owns the connection pool, so requests borrow connections from it.
@@ -26,19 +29,21 @@ def init_app(app):
     app.cli.add_command(init_db_command)
 
 
-def get_engine():
+def get_engine() -> Engine:
     """Return the current app's engine."""
-    return current_app.extensions["engine"]
+    engine: Engine = current_app.extensions["engine"]
+    return engine
 
 
-def get_session():
+def get_session() -> Session:
     """Return the current thread's Session from the app's registry."""
-    return current_app.extensions["session"]()
+    sessions: scoped_session[Session] = current_app.extensions["session"]
+    return sessions()
 
 
 @click.command("init-db")
 @with_appcontext
-def init_db_command():
+def init_db_command() -> None:
     """Create the tables that do not exist yet."""
     Base.metadata.create_all(get_engine())
     click.echo("Initialized the database.")

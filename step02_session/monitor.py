@@ -3,12 +3,20 @@
 import os
 import threading
 from collections import Counter
+from collections.abc import Callable
+from collections.abc import Iterable
+from typing import Any
 
+from flask import Flask
 from flask import current_app
+from sqlalchemy import Engine
 from sqlalchemy import event
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import Pool
 
 
-def init_app(app):
+def init_app(app: Flask) -> None:
     """Count the connections each of the app's engines opens, and its requests."""
     app.extensions["connection_counters"] = {
         name: ConnectionCounter(engine)
@@ -20,14 +28,16 @@ def init_app(app):
 class ConnectionCounter:
     """Count the DBAPI connections that an engine's pool opens, by process."""
 
-    def __init__(self, engine):
+    def __init__(self, engine: Engine) -> None:
         # Connections opened before the counter listens count too: a step
         # that queries as the app is created leaves one in the pool.
         self.connects = Counter({os.getpid(): _count(engine.pool, "checkedin") or 0})
         self._lock = threading.Lock()
         event.listen(engine, "connect", self._on_connect)
 
-    def _on_connect(self, dbapi_connection, connection_record):
+    def _on_connect(
+        self, dbapi_connection: DBAPIConnection, connection_record: ConnectionPoolEntry
+    ) -> None:
         # A forked child inherits the counts of the process that forked it;
         # counting by pid tells its own connections from inherited ones.
         with self._lock:
@@ -42,13 +52,17 @@ class RequestCounter:
     request runs is held by nothing but a Session that nobody removed.
     """
 
-    def __init__(self, app):
+    def __init__(self, app: Flask) -> None:
         self.running = 0
         self._lock = threading.Lock()
         self._wsgi_app = app.wsgi_app
-        app.wsgi_app = self
+        # Flask's documented way to wrap its WSGI app, which mypy refuses:
+        # "Cannot assign to a method".
+        app.wsgi_app = self  # type: ignore[method-assign]
 
-    def __call__(self, environ, start_response):
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == "/pool":
             return self._wsgi_app(environ, start_response)
         with self._lock:
@@ -60,7 +74,7 @@ class RequestCounter:
                 self.running -= 1
 
 
-def pool_status():
+def pool_status() -> dict[str, Any]:
     """Return the state of the current app's pools, as ``/pool`` shows it.
 
     The first engine's pool is at the top level; every other engine's (step
@@ -76,7 +90,7 @@ def pool_status():
     }
 
 
-def engine_status(name):
+def engine_status(name: str) -> dict[str, Any]:
     """Return the state of one of the current app's engines' pool."""
     engine = current_app.extensions["engines"][name]
     connects = current_app.extensions["connection_counters"][name].connects
@@ -94,7 +108,7 @@ def engine_status(name):
     }
 
 
-def pool_options(pool):
+def pool_options(pool: Pool) -> dict[str, Any]:
     """Return the settings in force, read from the pool itself."""
     # The pool keeps pre-ping, recycle and max_overflow privately: SQLAlchemy
     # offers no public accessor. Reading them here, rather than echoing the
@@ -109,8 +123,9 @@ def pool_options(pool):
     }
 
 
-def _count(pool, name):
+def _count(pool: Pool, name: str) -> int | None:
     # Only QueuePool keeps every count; NullPool, StaticPool and
     # SingletonThreadPool (in-memory SQLite) lack some: those show null.
     method = getattr(pool, name, None)
-    return method() if method is not None else None
+    count: int | None = method() if method is not None else None
+    return count

@@ -5,12 +5,16 @@ the routes that use the database to this blueprint.
 """
 
 import pathlib
+from collections.abc import Iterable
+from typing import Any
+from typing import NoReturn
 
 from flask import Blueprint
 from flask import abort
 from flask import current_app
 from flask import render_template
 from flask import request
+from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import DataError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm.exc import StaleDataError
@@ -38,13 +42,13 @@ ALL_STEPS = sorted(
 class MessageIdConverter(IntegerConverter):
     """Read a message id from a URL; one larger than any id is not found."""
 
-    def to_python(self, value):
+    def to_python(self, value: str) -> int:
         # Passed on, a larger id would make the driver raise (SQLite:
         # "Python int too large to convert") instead of finding no message.
         # Werkzeug's int(max=...) would answer 405 to PATCH and DELETE, since
         # it fails after the method has matched; aborting here answers 404,
         # as the URL is matched, which costs a request nothing measurable.
-        message_id = super().to_python(value)
+        message_id: int = super().to_python(value)
         if message_id > MAX_MESSAGE_ID:
             message_not_found(message_id)
         return message_id
@@ -56,12 +60,14 @@ bp.record_once(
 )
 
 
-def message_not_found(message_id):
+def message_not_found(message_id: int) -> NoReturn:
     """Abort with 404: no message has this id."""
     abort(404, f"message {message_id} not found")
 
 
-def render_page(messages, database_error=None, **context):
+def render_page(
+    messages: Iterable[Any], database_error: str | None = None, **context: Any
+) -> str:
     """Render the page: the messages, the form, the pool panel, the steps."""
     return render_template(
         "index.html",
@@ -75,12 +81,12 @@ def render_page(messages, database_error=None, **context):
 
 
 @bp.get("/pool")
-def pool():
+def pool() -> dict[str, Any]:
     """Show what the app's connection pools hold right now."""
     return monitor.pool_status()
 
 
-def read_text():
+def read_text() -> str:
     """Return the valid ``text`` of the request's JSON body, or abort with 400."""
     if not request.is_json:
         abort(415, "send a JSON body with Content-Type: application/json")
@@ -106,13 +112,15 @@ def read_text():
 
 
 @bp.app_errorhandler(HTTPException)
-def http_error(error):
+def http_error(error: HTTPException) -> ResponseReturnValue:
     """Answer every HTTP error as JSON ``{"error": ...}``."""
-    return {"error": error.description}, error.code
+    # Flask passes on an error without a code (None) before any handler: the
+    # 500 is for the type checker, and never sent.
+    return {"error": error.description}, error.code or 500
 
 
 @bp.app_errorhandler(StaleDataError)
-def deleted_meanwhile(error):
+def deleted_meanwhile(error: StaleDataError) -> ResponseReturnValue:
     """Answer 404 when another request deleted the message being updated."""
     # The row was there when this request read it, and gone when the ORM
     # wrote to it. Step 1's Core statements find no row instead.
@@ -120,7 +128,7 @@ def deleted_meanwhile(error):
 
 
 @bp.app_errorhandler(DataError)
-def value_refused(error):
+def value_refused(error: DataError) -> ResponseReturnValue:
     """Answer 422 when the database refuses a value that read_text() let by."""
     # A column narrower than the API's rules: MariaDB's 3-byte utf8 refuses
     # an emoji ("Incorrect string value"). Nothing was written, and trying
@@ -131,7 +139,7 @@ def value_refused(error):
 
 
 @bp.app_errorhandler(SQLAlchemyError)
-def database_unavailable(error):
+def database_unavailable(error: SQLAlchemyError) -> ResponseReturnValue:
     """Answer 503 when the database cannot serve the request, and log why."""
     # A lost or refused connection, no pooled connection free within
     # pool_timeout, a failed transaction that nothing rolled back yet, or a
@@ -143,7 +151,7 @@ def database_unavailable(error):
 
 
 @bp.app_errorhandler(Exception)
-def unexpected_error(error):
+def unexpected_error(error: Exception) -> ResponseReturnValue:
     """Answer 503 for an error that no handler above expects, and log it."""
     if current_app.testing or current_app.debug:
         # Tests and the debugger see the error itself, as Flask shows them
@@ -157,7 +165,7 @@ def unexpected_error(error):
     return unavailable(f"request failed ({type(error).__name__}): try again")
 
 
-def unavailable(message):
+def unavailable(message: str) -> ResponseReturnValue:
     """Answer 503 with a message: the page for the page, JSON otherwise."""
     if request.endpoint == "messages.index":
         # The page, not JSON: its pool panel goes on showing what happens.

@@ -1,15 +1,18 @@
 """Step 4: pool settings for real servers, and a fresh pool after fork."""
 
 import os
+from collections.abc import Mapping
+from typing import Any
 
 from flask import Flask
 
 from . import db
 from . import monitor
-from . import views
+from . import views  # noqa: F401 (adds its routes to web.bp)
+from . import web
 
 
-def create_app(test_config=None):
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Create and configure an instance of the app."""
     app = Flask(__name__, instance_relative_config=True)
     app.config.from_mapping(
@@ -33,5 +36,5 @@ def create_app(test_config=None):
 
     db.init_app(app)
     monitor.init_app(app)
-    app.register_blueprint(views.bp)
+    app.register_blueprint(web.bp)
     return app

@@ -2,6 +2,7 @@
 
 from datetime import UTC
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import DateTime
 from sqlalchemy import String
@@ -12,7 +13,7 @@ from sqlalchemy.orm import mapped_column
 MAX_TEXT_LENGTH = 500
 
 
-def utc_now():
+def utc_now() -> datetime:
     """Return the current time in UTC."""
     return datetime.now(UTC)
 
@@ -30,7 +31,7 @@ class Message(Base):
         DateTime(timezone=True), default=utc_now
     )
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """Return the message as the API shows it."""
         # SQLite keeps no time zone: the value comes back naive, as utc_now()
         # wrote it. PostgreSQL's comes back in the session's time zone.

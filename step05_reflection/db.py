@@ -3,15 +3,22 @@
 import os
 import pathlib
 import threading
+from collections.abc import Mapping
+from typing import Any
 
 import click
+from flask import Flask
 from flask import current_app
 from flask.cli import with_appcontext
+from flask.typing import ResponseReturnValue
+from sqlalchemy import Engine
 from sqlalchemy import create_engine
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 from sqlalchemy.orm import scoped_session
 from sqlalchemy.orm import sessionmaker
 
+from .models import Models
 from .models import SchemaMissing
 from .models import declare_models
 from .models import map_models
@@ -51,7 +58,7 @@ POOL_DEFAULTS = {
 }
 
 
-def engine_options(app_options):
+def engine_options(app_options: Mapping[str, Any]) -> dict[str, Any]:
     """Return the step's pool defaults with the app's ENGINE_OPTIONS over them."""
     options = {**POOL_DEFAULTS, **app_options}
     # None removes one of the step's defaults, leaving SQLAlchemy's: NullPool,
@@ -63,7 +70,7 @@ def engine_options(app_options):
     }
 
 
-def init_app(app):
+def init_app(app: Flask) -> None:
     """Give the app its engine and session registry, and register the CLI."""
     # One engine per app, created here and never per request: the engine
     # owns the connection pool, so requests borrow connections from it.
@@ -101,39 +108,42 @@ def init_app(app):
     app.cli.add_command(init_db_command)
 
 
-def get_engine():
+def get_engine() -> Engine:
     """Return the current app's engine, with a pool of this process's own."""
     extensions = current_app.extensions
     extensions["pool_owner"].claim()
-    return extensions["engine"]
+    engine: Engine = extensions["engine"]
+    return engine
 
 
-def get_session():
+def get_session() -> Session:
     """Return the current thread's Session from the app's registry."""
     # One read through the current_app proxy: each read finds the app again,
     # and this runs on every request.
     extensions = current_app.extensions
     extensions["pool_owner"].claim()
-    return extensions["session"]()
+    sessions: scoped_session[Session] = extensions["session"]
+    return sessions()
 
 
-def get_models():
+def get_models() -> Models:
     """Return the current app's model classes, mapped from its database."""
     extensions = current_app.extensions
     extensions["pool_owner"].claim()
-    return extensions["models"].get()
+    models: ReflectedModels = extensions["models"]
+    return models.get()
 
 
 class ReflectedModels:
     """An app's model classes, mapped once the database has their tables."""
 
-    def __init__(self, engine):
+    def __init__(self, engine: Engine) -> None:
         self.declared = declare_models()
         self._engine = engine
         self._mapped = False
         self._lock = threading.Lock()
 
-    def get(self):
+    def get(self) -> Models:
         """Return the models, mapping them first if not mapped yet."""
         if not self._mapped:
             with self._lock:
@@ -148,13 +158,15 @@ class PoolOwner:
     """The process that the app's pools belong to: a forked child, before
     it first uses them, takes pools of its own, whoever forked it."""
 
-    def __init__(self, engines, sessions):
+    def __init__(
+        self, engines: list[Engine], sessions: scoped_session[Session]
+    ) -> None:
         self.pid = os.getpid()
         self._engines = engines
         self._sessions = sessions
         self._lock = threading.Lock()
 
-    def claim(self):
+    def claim(self) -> None:
         """Give this process empty pools if the app's belong to another."""
         # A pid check, not a fork hook: uWSGI forks its workers in C, where
         # os.register_at_fork's hooks never run. One getpid() a call.
@@ -172,7 +184,7 @@ class PoolOwner:
                 self.pid = os.getpid()
 
 
-def remove_session(exception=None):
+def remove_session(exception: BaseException | None = None) -> None:
     """Close the thread's Session and forget it when the app context ends."""
     # remove() closes the Session (rolling back what was not committed and
     # returning its connection to the pool), then drops it from the
@@ -181,7 +193,7 @@ def remove_session(exception=None):
     # with the parent's connection: its rollback would go over their socket.
     extensions = current_app.extensions
     extensions["pool_owner"].claim()
-    sessions = extensions["session"]
+    sessions: scoped_session[Session] = extensions["session"]
     try:
         sessions.remove()
     except Exception as error:
@@ -194,7 +206,7 @@ def remove_session(exception=None):
         sessions.registry.clear()
 
 
-def schema_missing(error):
+def schema_missing(error: SchemaMissing) -> ResponseReturnValue:
     """Answer 503 until the database has the tables the app maps."""
     return unavailable(
         f"{error}: create it with flask --app {current_app.import_name} init-db"
@@ -203,7 +215,7 @@ def schema_missing(error):
 
 @click.command("init-db")
 @with_appcontext
-def init_db_command():
+def init_db_command() -> None:
     """Create the tables that do not exist yet, from the schema file."""
     engine = get_engine()
     if engine.dialect.name not in SCHEMA_FILES:

@@ -1,10 +1,14 @@
 """The ORM model of the one table, ``messages``, mapped from the database."""
 
+from dataclasses import dataclass
 from datetime import UTC
 from datetime import datetime
-from types import SimpleNamespace
 from typing import TYPE_CHECKING
+from typing import Any
+from typing import ClassVar
 
+from sqlalchemy import Connection
+from sqlalchemy import FromClause
 from sqlalchemy import inspect
 from sqlalchemy.ext.declarative import DeferredReflection
 from sqlalchemy.orm import DeclarativeBase
@@ -19,7 +23,7 @@ TABLES = ("messages",)
 class SchemaMissing(Exception):
     """The database has not got the tables the app maps: init-db has not run."""
 
-    def __init__(self, missing):
+    def __init__(self, missing: list[str]) -> None:
         self.missing = missing
         super().__init__(f"the database has no table {', '.join(missing)} yet")
 
@@ -27,7 +31,14 @@ class SchemaMissing(Exception):
 class JsonColumns:
     """A mapped class that the API shows whole: each column its table has."""
 
-    def to_dict(self):
+    if TYPE_CHECKING:
+        # For type checkers only: what the app's declarative base gives a
+        # mapped class at run time, declared as DeclarativeBase declares it.
+        __table__: ClassVar[FromClause]
+
+        def __init__(self, **kw: Any) -> None: ...
+
+    def to_dict(self) -> dict[str, Any]:
         """Return the row as the API shows it: each column of the table."""
         return {
             column.key: json_value(getattr(self, column.key))
@@ -35,7 +46,7 @@ class JsonColumns:
         }
 
 
-def json_value(value):
+def json_value(value: object) -> object:
     """Return a column's value as the API shows it: times in UTC."""
     if not isinstance(value, datetime):
         return value
@@ -46,7 +57,26 @@ def json_value(value):
     return value.astimezone(UTC).isoformat()
 
 
-def declare_models():
+class MessageModel(JsonColumns):
+    """What type checkers know of every app's Message class: the columns of
+    ``messages`` that the code uses."""
+
+    if TYPE_CHECKING:
+        # For type checkers only: at run time these come from the table.
+        id: Mapped[int]
+        text: Mapped[str]
+        created_at: Mapped[datetime]
+
+
+@dataclass(frozen=True)
+class Models:
+    """An app's model classes, declared by declare_models()."""
+
+    Reflected: type[DeferredReflection]
+    Message: type[MessageModel]
+
+
+def declare_models() -> Models:
     """Declare model classes of an app's own, to be mapped by map_models()."""
 
     # A base of their own for each app: a class is mapped once, to the
@@ -58,19 +88,13 @@ def declare_models():
     class Reflected(DeferredReflection, Base):
         __abstract__ = True
 
-    class Message(JsonColumns, Reflected):
+    class Message(MessageModel, Reflected):
         __tablename__ = "messages"
 
-        if TYPE_CHECKING:
-            # For type checkers only: at run time these come from the table.
-            id: Mapped[int]
-            text: Mapped[str]
-            created_at: Mapped[datetime]
-
-    return SimpleNamespace(Reflected=Reflected, Message=Message)
+    return Models(Reflected=Reflected, Message=Message)
 
 
-def map_models(models, connection):
+def map_models(models: Models, connection: Connection) -> None:
     """Map the declared classes onto the tables as this database has them now."""
     missing = [name for name in TABLES if not inspect(connection).has_table(name)]
     if missing:

@@ -1,10 +1,13 @@
 """The routes that use the database: the page's messages and the JSON API."""
 
+from typing import Any
+
 from flask import url_for
 from sqlalchemy import delete
 from sqlalchemy import select
 
 from . import db
+from .models import MessageModel
 from .web import MESSAGE_ID
 from .web import bp
 from .web import message_not_found
@@ -13,7 +16,7 @@ from .web import render_page
 
 
 @bp.get("/")
-def index():
+def index() -> str:
     """Show the messages, a form to add one, and the live pool panel."""
     Message = db.get_models().Message
     messages = db.get_session().scalars(select(Message).order_by(Message.id))
@@ -21,7 +24,7 @@ def index():
 
 
 @bp.get("/messages")
-def list_messages():
+def list_messages() -> list[dict[str, Any]]:
     """List the messages by id."""
     Message = db.get_models().Message
     messages = db.get_session().scalars(select(Message).order_by(Message.id))
@@ -29,7 +32,7 @@ def list_messages():
 
 
 @bp.post("/messages")
-def create_message():
+def create_message() -> tuple[dict[str, Any], int, dict[str, str]]:
     """Add a message from a JSON body ``{"text": ...}``."""
     text = read_text()
     session = db.get_session()
@@ -41,13 +44,13 @@ def create_message():
 
 
 @bp.get(f"/messages/{MESSAGE_ID}")
-def get_message(message_id):
+def get_message(message_id: int) -> dict[str, Any]:
     """Show one message."""
     return find_message(message_id).to_dict()
 
 
 @bp.patch(f"/messages/{MESSAGE_ID}")
-def update_message(message_id):
+def update_message(message_id: int) -> dict[str, Any]:
     """Replace a message's text from a JSON body ``{"text": ...}``."""
     text = read_text()
     message = find_message(message_id)
@@ -57,19 +60,19 @@ def update_message(message_id):
 
 
 @bp.delete(f"/messages/{MESSAGE_ID}")
-def delete_message(message_id):
+def delete_message(message_id: int) -> tuple[str, int]:
     """Delete a message."""
     Message = db.get_models().Message
     session = db.get_session()
     # One statement, so a message deleted meanwhile is simply not found.
     deleted = session.execute(delete(Message).where(Message.id == message_id))
     session.commit()
-    if deleted.rowcount == 0:
+    if deleted.rowcount == 0:  # type: ignore[attr-defined]  # it is a CursorResult
         message_not_found(message_id)
     return "", 204
 
 
-def find_message(message_id):
+def find_message(message_id: int) -> MessageModel:
     """Return the message with this id, or abort with 404."""
     message = db.get_session().get(db.get_models().Message, message_id)
     if message is None:

@@ -1,10 +1,14 @@
 """The routes that use the database: the page's messages and the JSON API."""
 
+from typing import Any
+
 from flask import url_for
 from sqlalchemy import delete
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from . import db
+from .models import MessageModel
 from .web import MESSAGE_ID
 from .web import bp
 from .web import message_not_found
@@ -13,7 +17,7 @@ from .web import render_page
 
 
 @bp.get("/")
-def index():
+def index() -> str:
     """Show the messages, a form to add one, and the live pool panel."""
     Message = db.get_models().Message
     messages = db.get_session().scalars(select(Message).order_by(Message.id))
@@ -21,7 +25,7 @@ def index():
 
 
 @bp.get("/messages")
-def list_messages():
+def list_messages() -> list[dict[str, Any]]:
     """List the messages by id."""
     Message = db.get_models().Message
     messages = db.get_session().scalars(select(Message).order_by(Message.id))
@@ -29,7 +33,7 @@ def list_messages():
 
 
 @bp.post("/messages")
-def create_message():
+def create_message() -> tuple[dict[str, Any], int, dict[str, str]]:
     """Add a message from a JSON body ``{"text": ...}``."""
     text = read_text()
     session = db.get_session()
@@ -46,13 +50,13 @@ def create_message():
 
 
 @bp.get(f"/messages/{MESSAGE_ID}")
-def get_message(message_id):
+def get_message(message_id: int) -> dict[str, Any]:
     """Show one message."""
     return find_message(message_id).to_dict()
 
 
 @bp.patch(f"/messages/{MESSAGE_ID}")
-def update_message(message_id):
+def update_message(message_id: int) -> dict[str, Any]:
     """Replace a message's text from a JSON body ``{"text": ...}``."""
     text = read_text()
     message = find_message(message_id)
@@ -64,13 +68,13 @@ def update_message(message_id):
 
 
 @bp.delete(f"/messages/{MESSAGE_ID}")
-def delete_message(message_id):
+def delete_message(message_id: int) -> tuple[str, int]:
     """Delete a message."""
     Message = db.get_models().Message
     session = db.get_session()
     # One statement, so a message deleted meanwhile is simply not found.
     deleted = session.execute(delete(Message).where(Message.id == message_id))
-    if deleted.rowcount == 0:
+    if deleted.rowcount == 0:  # type: ignore[attr-defined]  # it is a CursorResult
         message_not_found(message_id)
     record(session, "delete", message_id)
     session.commit()
@@ -78,14 +82,16 @@ def delete_message(message_id):
 
 
 @bp.get("/audit")
-def list_audit_log():
+def list_audit_log() -> list[dict[str, Any]]:
     """List the audit log of every write, from the audit database, by id."""
     AuditEntry = db.get_models().AuditEntry
     entries = db.get_session().scalars(select(AuditEntry).order_by(AuditEntry.id))
     return [entry.to_dict() for entry in entries]
 
 
-def record(session, action, message_id, text=None):
+def record(
+    session: Session, action: str, message_id: int, text: str | None = None
+) -> None:
     """Add a write's entry to the audit log, bound for the audit database."""
     # Write the message first, then its entry, so that every request locks
     # the two databases in the same order. SQLite locks a whole database
@@ -96,7 +102,7 @@ def record(session, action, message_id, text=None):
     session.add(entry)
 
 
-def find_message(message_id):
+def find_message(message_id: int) -> MessageModel:
     """Return the message with this id, or abort with 404."""
     message = db.get_session().get(db.get_models().Message, message_id)
     if message is None:

@@ -3,17 +3,24 @@
 import os
 import pathlib
 import threading
+from collections.abc import Mapping
+from typing import Any
 
 import click
+from flask import Flask
 from flask import current_app
 from flask.cli import with_appcontext
 from flask.globals import app_ctx
+from flask.typing import ResponseReturnValue
+from sqlalchemy import Engine
 from sqlalchemy import create_engine
 from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 from sqlalchemy.orm import scoped_session
 from sqlalchemy.orm import sessionmaker
 
+from .models import Models
 from .models import SchemaMissing
 from .models import declare_models
 from .models import map_models
@@ -54,7 +61,7 @@ POOL_DEFAULTS = {
 }
 
 
-def engine_options(app_options):
+def engine_options(app_options: Mapping[str, Any]) -> dict[str, Any]:
     """Return the step's pool defaults with the app's ENGINE_OPTIONS over them."""
     options = {**POOL_DEFAULTS, **app_options}
     # None removes one of the step's defaults, leaving SQLAlchemy's: NullPool,
@@ -71,7 +78,7 @@ def engine_options(app_options):
 # The QueuePool stays: a pooled connection to PgBouncer costs the server
 # nothing while idle, and opening one per request (NullPool) measured
 # slower in bench/scale_out.py.
-BEHIND_POOLER_DEFAULTS = {
+BEHIND_POOLER_DEFAULTS: dict[str, Any] = {
     # Pre-ping would check the link to PgBouncer, not the server connection
     # the request will use: its SELECT 1 is a transaction of its own, which
     # waits for one of PgBouncer's few server connections, and then the
@@ -91,7 +98,7 @@ BEHIND_POOLER_DEFAULTS = {
 }
 
 
-def init_app(app):
+def init_app(app: Flask) -> None:
     """Give the app its engines and session registry, and register the CLI."""
     # One engine per database and app, created here and never per request:
     # each engine owns its database's connection pool, with the same
@@ -141,7 +148,7 @@ def init_app(app):
     app.cli.add_command(init_db_command)
 
 
-def create_engine_for(url, config):
+def create_engine_for(url: str, config: Mapping[str, Any]) -> Engine:
     """Create a database's engine with the step's settings and the app's."""
     app_options = config["ENGINE_OPTIONS"]
     if not isinstance(config["BEHIND_POOLER"], bool):
@@ -169,7 +176,7 @@ def create_engine_for(url, config):
     return create_engine(url, **engine_options(app_options))
 
 
-def current_app_context():
+def current_app_context() -> int:
     """Return the key of the app context in force: what a Session belongs to."""
     # Flask-SQLAlchemy 3's scope (flask_sqlalchemy.session._app_ctx_id). An
     # async view runs with a copy of the request's context variables, so it
@@ -177,36 +184,40 @@ def current_app_context():
     # the context itself, so that the registry does not keep a context
     # alive; teardown always removes its entry (remove_session), so that no
     # later context, given the same id, finds it. Outside an app context,
-    # this raises: "Working outside of application context".
-    return id(app_ctx._get_current_object())
+    # this raises: "Working outside of application context". app_ctx is
+    # a proxy, typed as the AppContext it stands for, so type checkers do
+    # not know its _get_current_object(), as Flask-SQLAlchemy notes too.
+    return id(app_ctx._get_current_object())  # type: ignore[attr-defined]
 
 
-def get_session():
+def get_session() -> Session:
     """Return the app context's Session from the app's registry."""
     # One read through the current_app proxy: each read finds the app again,
     # and this runs on every request.
     extensions = current_app.extensions
     extensions["pool_owner"].claim()
-    return extensions["session"]()
+    sessions: scoped_session[Session] = extensions["session"]
+    return sessions()
 
 
-def get_models():
+def get_models() -> Models:
     """Return the current app's model classes, mapped from its database."""
     extensions = current_app.extensions
     extensions["pool_owner"].claim()
-    return extensions["models"].get()
+    models: ReflectedModels = extensions["models"]
+    return models.get()
 
 
 class ReflectedModels:
     """An app's model classes, mapped once the databases have their tables."""
 
-    def __init__(self, engines):
+    def __init__(self, engines: dict[str, Engine]) -> None:
         self.declared = declare_models()
         self._engines = engines
         self._unmapped = list(engines)
         self._lock = threading.Lock()
 
-    def get(self):
+    def get(self) -> Models:
         """Return the models, mapping them first if not mapped yet."""
         if self._unmapped:
             with self._lock:
@@ -221,13 +232,15 @@ class PoolOwner:
     """The process that the app's pools belong to: a forked child, before
     it first uses them, takes pools of its own, whoever forked it."""
 
-    def __init__(self, engines, sessions):
+    def __init__(
+        self, engines: list[Engine], sessions: scoped_session[Session]
+    ) -> None:
         self.pid = os.getpid()
         self._engines = engines
         self._sessions = sessions
         self._lock = threading.Lock()
 
-    def claim(self):
+    def claim(self) -> None:
         """Give this process empty pools if the app's belong to another."""
         # A pid check, not a fork hook: uWSGI forks its workers in C, where
         # os.register_at_fork's hooks never run. One getpid() a call.
@@ -245,7 +258,7 @@ class PoolOwner:
                 self.pid = os.getpid()
 
 
-def remove_session(exception=None):
+def remove_session(exception: BaseException | None = None) -> None:
     """Close the app context's Session and forget it when the context ends."""
     # remove() closes the Session (rolling back what was not committed and
     # returning its connection to the pool), then drops it from the
@@ -254,7 +267,7 @@ def remove_session(exception=None):
     # with the parent's connection: its rollback would go over their socket.
     extensions = current_app.extensions
     extensions["pool_owner"].claim()
-    sessions = extensions["session"]
+    sessions: scoped_session[Session] = extensions["session"]
     try:
         sessions.remove()
     except Exception as error:
@@ -267,7 +280,7 @@ def remove_session(exception=None):
         sessions.registry.clear()
 
 
-def schema_missing(error):
+def schema_missing(error: SchemaMissing) -> ResponseReturnValue:
     """Answer 503 until the database has the tables the app maps."""
     return unavailable(
         f"{error}: create it with flask --app {current_app.import_name} init-db"
@@ -276,7 +289,7 @@ def schema_missing(error):
 
 @click.command("init-db")
 @with_appcontext
-def init_db_command():
+def init_db_command() -> None:
     """Create the tables that do not exist yet in both databases."""
     for database, engine in current_app.extensions["engines"].items():
         if engine.dialect.name not in SCHEMA_FILES:

@@ -1,10 +1,14 @@
 """The ORM models of the two databases' tables, mapped from each database."""
 
+from dataclasses import dataclass
 from datetime import UTC
 from datetime import datetime
-from types import SimpleNamespace
 from typing import TYPE_CHECKING
+from typing import Any
+from typing import ClassVar
 
+from sqlalchemy import Connection
+from sqlalchemy import FromClause
 from sqlalchemy import inspect
 from sqlalchemy.ext.declarative import DeferredReflection
 from sqlalchemy.orm import DeclarativeBase
@@ -20,7 +24,7 @@ TABLES = {"messages": ("messages",), "audit": ("audit_log",)}
 class SchemaMissing(Exception):
     """The database has not got the tables the app maps: init-db has not run."""
 
-    def __init__(self, missing):
+    def __init__(self, missing: list[str]) -> None:
         self.missing = missing
         super().__init__(f"the database has no table {', '.join(missing)} yet")
 
@@ -28,7 +32,14 @@ class SchemaMissing(Exception):
 class JsonColumns:
     """A mapped class that the API shows whole: each column its table has."""
 
-    def to_dict(self):
+    if TYPE_CHECKING:
+        # For type checkers only: what the app's declarative base gives a
+        # mapped class at run time, declared as DeclarativeBase declares it.
+        __table__: ClassVar[FromClause]
+
+        def __init__(self, **kw: Any) -> None: ...
+
+    def to_dict(self) -> dict[str, Any]:
         """Return the row as the API shows it: each column of the table."""
         return {
             column.key: json_value(getattr(self, column.key))
@@ -36,7 +47,7 @@ class JsonColumns:
         }
 
 
-def json_value(value):
+def json_value(value: object) -> object:
     """Return a column's value as the API shows it: times in UTC."""
     if not isinstance(value, datetime):
         return value
@@ -47,7 +58,40 @@ def json_value(value):
     return value.astimezone(UTC).isoformat()
 
 
-def declare_models():
+class MessageModel(JsonColumns):
+    """What type checkers know of every app's Message class: the columns of
+    ``messages`` that the code uses."""
+
+    if TYPE_CHECKING:
+        # For type checkers only: at run time these come from the table.
+        id: Mapped[int]
+        text: Mapped[str]
+        created_at: Mapped[datetime]
+
+
+class AuditEntryModel(JsonColumns):
+    """What type checkers know of every app's AuditEntry class: the columns
+    of ``audit_log`` that the code uses."""
+
+    if TYPE_CHECKING:
+        id: Mapped[int]
+        action: Mapped[str]
+        message_id: Mapped[int]
+        text: Mapped[str | None]
+        at: Mapped[datetime]
+
+
+@dataclass(frozen=True)
+class Models:
+    """An app's model classes, declared by declare_models()."""
+
+    # The abstract base of each database's classes, by database.
+    bases: dict[str, type[DeferredReflection]]
+    Message: type[MessageModel]
+    AuditEntry: type[AuditEntryModel]
+
+
+def declare_models() -> Models:
     """Declare model classes of an app's own, to be mapped by map_models()."""
 
     # A base of their own for each app: a class is mapped once, to the
@@ -67,33 +111,20 @@ def declare_models():
     class ReflectedAudit(DeferredReflection, AuditBase):
         __abstract__ = True
 
-    class Message(JsonColumns, ReflectedMessages):
+    class Message(MessageModel, ReflectedMessages):
         __tablename__ = "messages"
 
-        if TYPE_CHECKING:
-            # For type checkers only: at run time these come from the table.
-            id: Mapped[int]
-            text: Mapped[str]
-            created_at: Mapped[datetime]
-
-    class AuditEntry(JsonColumns, ReflectedAudit):
+    class AuditEntry(AuditEntryModel, ReflectedAudit):
         __tablename__ = "audit_log"
 
-        if TYPE_CHECKING:
-            id: Mapped[int]
-            action: Mapped[str]
-            message_id: Mapped[int]
-            text: Mapped[str | None]
-            at: Mapped[datetime]
-
-    return SimpleNamespace(
+    return Models(
         bases={"messages": ReflectedMessages, "audit": ReflectedAudit},
         Message=Message,
         AuditEntry=AuditEntry,
     )
 
 
-def map_models(models, database, connection):
+def map_models(models: Models, database: str, connection: Connection) -> None:
     """Map one database's declared classes onto its tables as they are now."""
     tables = TABLES[database]
     missing = [name for name in tables if not inspect(connection).has_table(name)]

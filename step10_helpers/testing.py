@@ -8,17 +8,28 @@ in use.
 
 import contextlib
 import contextvars
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from flask import Flask
 from flask import has_app_context
+from flask.testing import FlaskClient
+from sqlalchemy import Connection
+from sqlalchemy import Engine
 from sqlalchemy import event
+from sqlalchemy.orm import Session
+from sqlalchemy.orm import SessionTransaction
+from sqlalchemy.orm import scoped_session
 
 # The isolated() blocks the code running now belongs to: each block adds
 # itself for the thread that entered it, and the set is copied with that
 # thread's context variables into each async view its requests run. A set,
 # so that a block on one app inside a block on another leaves the outer
 # app's requests admitted.
-_isolating = contextvars.ContextVar("isolating", default=frozenset())
+_isolating: contextvars.ContextVar[frozenset[object]] = contextvars.ContextVar(
+    "isolating", default=frozenset()
+)
 
 
 # A savepoint isolated() sets as the block begins, which only the end of the
@@ -32,7 +43,7 @@ class IsolationError(RuntimeError):
 
 
 @contextlib.contextmanager
-def isolated(app):
+def isolated(app: Flask) -> Iterator[None]:
     """Run the block with every database write of the app rolled back after.
 
     Each of the app's engines lends one connection for the whole block, in
@@ -44,12 +55,12 @@ def isolated(app):
     needed, and any number of requests and app contexts may come and go
     inside the block, from this thread, async views included.
     """
-    registry = app.extensions["session"]
+    registry: scoped_session[Session] = app.extensions["session"]
     factory = registry.session_factory
     configured = dict(factory.kw)
     block = object()
 
-    def refuse_other_threads(session, transaction):
+    def refuse_other_threads(session: Session, transaction: SessionTransaction) -> None:
         # One connection serves the whole block, and a DBAPI connection is
         # not safe to share between threads: refuse, rather than let two
         # threads interleave their statements on it. An async view runs in
@@ -96,7 +107,7 @@ def isolated(app):
 
 
 @contextlib.contextmanager
-def hold_in_a_transaction(engine):
+def hold_in_a_transaction(engine: Engine) -> Iterator[Connection]:
     """Check out a connection of the engine, in a transaction rolled back after."""
     with engine.connect() as connection:
         sqlite = connection.dialect.name == "sqlite"
@@ -105,7 +116,7 @@ def hold_in_a_transaction(engine):
             # which breaks SAVEPOINT: hand them to SQLAlchemy for this one
             # connection (SQLAlchemy's notes on pysqlite transactions), and
             # give it back as it was, so the app's own behaviour is kept.
-            driver_connection = connection.connection.driver_connection
+            driver_connection: Any = connection.connection.driver_connection
             isolation_level = driver_connection.isolation_level
             driver_connection.isolation_level = None
         transaction = connection.begin()
@@ -134,7 +145,7 @@ def hold_in_a_transaction(engine):
                 )
 
 
-def ended_meanwhile(connection):
+def ended_meanwhile(connection: Connection) -> bool:
     """Say whether a commit or a rollback ended the held transaction."""
     if connection.invalidated:
         # Lost: the server rolled it back, as the block would have.
@@ -143,6 +154,7 @@ def ended_meanwhile(connection):
     # commit inside the block, the app's savepoint has gone too, and
     # SQLAlchemy refuses statements until it is rolled back, which fails.
     dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None  # checked out, and not invalidated
     cursor = dbapi_connection.cursor()
     try:
         # Ending the transaction ends its savepoints.
@@ -155,13 +167,13 @@ def ended_meanwhile(connection):
 
 
 @pytest.fixture
-def isolated_app(app):
+def isolated_app(app: Flask) -> Iterator[Flask]:
     """Return the ``app`` fixture's app, its writes rolled back after the test."""
     with isolated(app):
         yield app
 
 
 @pytest.fixture
-def client(isolated_app):
+def client(isolated_app: Flask) -> FlaskClient:
     """Return a test client of the isolated app."""
     return isolated_app.test_client()

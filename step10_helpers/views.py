@@ -1,12 +1,16 @@
 """The routes that use the database: the page's messages and the JSON API."""
 
+from typing import Any
+
 from flask import request
 from flask import url_for
 from sqlalchemy import delete
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from . import db
 from . import helpers
+from .models import MessageModel
 from .web import MESSAGE_ID
 from .web import bp
 from .web import message_not_found
@@ -15,7 +19,7 @@ from .web import render_page
 
 
 @bp.get("/")
-def index():
+def index() -> str:
     """Show the messages, a form to add one, and the live pool panel."""
     Message = db.get_models().Message
     # ?page=N, 20 messages a page, linked from iter_pages().
@@ -28,7 +32,9 @@ def index():
 
 
 @bp.get("/messages")
-async def list_messages():
+async def list_messages() -> (
+    list[dict[str, Any]] | tuple[list[dict[str, Any]], dict[str, str]]
+):
     """List the messages by id, from an async view: all of them, or one page
     with ?page=N&per_page=M."""
     # Flask runs it in a thread and event loop made for this call: the
@@ -48,7 +54,7 @@ async def list_messages():
 
 
 @bp.post("/messages")
-def create_message():
+def create_message() -> tuple[dict[str, Any], int, dict[str, str]]:
     """Add a message from a JSON body ``{"text": ...}``."""
     text = read_text()
     session = db.get_session()
@@ -65,13 +71,13 @@ def create_message():
 
 
 @bp.get(f"/messages/{MESSAGE_ID}")
-def get_message(message_id):
+def get_message(message_id: int) -> dict[str, Any]:
     """Show one message."""
     return find_message(message_id).to_dict()
 
 
 @bp.patch(f"/messages/{MESSAGE_ID}")
-def update_message(message_id):
+def update_message(message_id: int) -> dict[str, Any]:
     """Replace a message's text from a JSON body ``{"text": ...}``."""
     text = read_text()
     message = find_message(message_id)
@@ -83,7 +89,7 @@ def update_message(message_id):
 
 
 @bp.delete(f"/messages/{MESSAGE_ID}")
-def delete_message(message_id):
+def delete_message(message_id: int) -> tuple[str, int]:
     """Delete a message."""
     Message = db.get_models().Message
     session = db.get_session()
@@ -94,7 +100,7 @@ def delete_message(message_id):
     # session.delete() would not notice: the ORM only warns when its DELETE
     # matches no row.
     deleted = session.execute(delete(Message).where(Message.id == message.id))
-    if deleted.rowcount == 0:
+    if deleted.rowcount == 0:  # type: ignore[attr-defined]  # it is a CursorResult
         message_not_found(message_id)
     record(session, "delete", message_id)
     session.commit()
@@ -102,14 +108,16 @@ def delete_message(message_id):
 
 
 @bp.get("/audit")
-def list_audit_log():
+def list_audit_log() -> list[dict[str, Any]]:
     """List the audit log of every write, from the audit database, by id."""
     AuditEntry = db.get_models().AuditEntry
     entries = db.get_session().scalars(select(AuditEntry).order_by(AuditEntry.id))
     return [entry.to_dict() for entry in entries]
 
 
-def record(session, action, message_id, text=None):
+def record(
+    session: Session, action: str, message_id: int, text: str | None = None
+) -> None:
     """Add a write's entry to the audit log, bound for the audit database."""
     # Write the message first, then its entry, so that every request locks
     # the two databases in the same order. SQLite locks a whole database
@@ -120,7 +128,7 @@ def record(session, action, message_id, text=None):
     session.add(entry)
 
 
-def find_message(message_id):
+def find_message(message_id: int) -> MessageModel:
     """Return the message with this id, or abort with 404."""
     return helpers.get_or_404(
         db.get_models().Message,

@@ -5,8 +5,10 @@ One app serves the whole run; each test that asks for ``client`` (or
 """
 
 import os
+from collections.abc import Iterator
 
 import pytest
+from flask import Flask
 
 from step08_pgbouncer import create_app
 from step08_pgbouncer.testing import client  # noqa: F401 (a fixture)
@@ -14,7 +16,7 @@ from step08_pgbouncer.testing import isolated_app  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="session")
-def app(tmp_path_factory):
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
     """Create the app once, on test databases whose tables init-db created."""
     # TEST_DATABASE_URL and TEST_AUDIT_DATABASE_URL name databases that the
     # tests may use; without them, two SQLite files of the run's own.

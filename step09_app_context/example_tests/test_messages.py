@@ -5,10 +5,13 @@ runs the tests of a file in order, and the third finds nothing of what the
 first two, and the second's fixture, wrote and committed.
 """
 
+from typing import Any
+
 import pytest
+from flask.testing import FlaskClient
 
 
-def test_a_message_written_and_committed(client):
+def test_a_message_written_and_committed(client: FlaskClient) -> None:
     response = client.post("/messages", json={"text": "only in this test"})
 
     assert response.status_code == 201
@@ -19,21 +22,25 @@ def test_a_message_written_and_committed(client):
 
 
 @pytest.fixture
-def greeting(client):
+def greeting(client: FlaskClient) -> dict[str, Any]:
     """Return a message that a fixture wrote: rolled back with the test."""
-    return client.post("/messages", json={"text": "hello"}).get_json()
+    response = client.post("/messages", json={"text": "hello"})
+    created: dict[str, Any] = response.get_json()
+    return created
 
 
-def test_a_fixture_writes_inside_the_same_isolation(client, greeting):
+def test_a_fixture_writes_inside_the_same_isolation(
+    client: FlaskClient, greeting: dict[str, Any]
+) -> None:
     assert client.get("/messages").get_json() == [greeting]
 
 
-def test_the_next_test_finds_none_of_it(client):
+def test_the_next_test_finds_none_of_it(client: FlaskClient) -> None:
     assert client.get("/messages").get_json() == []
     assert client.get("/audit").get_json() == []
 
 
-def test_ids_are_not_to_be_counted_on(client):
+def test_ids_are_not_to_be_counted_on(client: FlaskClient) -> None:
     # PostgreSQL's sequences do not roll back: an id taken in a rolled-back
     # transaction stays taken. Assert what a response says, not a number.
     created = client.post("/messages", json={"text": "any id"}).get_json()
