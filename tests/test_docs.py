@@ -5,10 +5,12 @@ reference pages in docs/. Their quotes, line references, test names and
 links are checked on every page; each figure against the run it comes from.
 """
 
+import glob
 import importlib
 import json
 import os
 import re
+import subprocess
 
 import pytest
 
@@ -128,6 +130,63 @@ def test_every_test_a_page_names_exists():
     for page_path in PAGES:
         for name in set(re.findall(r"(?:`|::)(test_\w+)", TEXT[page_path])):
             assert f"def {name}(" in test_sources, (page_path, name)
+
+
+# The files that name the repository's paths: code, configuration, pages,
+# notebooks, scripts, templates.
+NAMING_KINDS = (".py", ".toml", ".md", ".ipynb", ".sh", ".html", ".js", ".lua", ".conf")
+# A path in one of the repository's folders: "docs/databases.md",
+# "tests/test_stepNN_*.py", "step01_engine/db.py:15", "bench/results/".
+NAMED_PATH = re.compile(
+    r"(?<![\w/.$-])((?:docs|tests|testbed|bench|notebooks|step\d\d_[a-z_]+|\.ci)"
+    r"/[\w/.*{}\[\]-]*)"
+)
+
+
+def git(*arguments, check=True):
+    """Return what a git command prints in the repository, line by line."""
+    return subprocess.run(
+        ["git", *arguments], cwd=ROOT, capture_output=True, text=True, check=check
+    ).stdout.splitlines()
+
+
+def test_every_path_a_repository_file_names_exists():
+    naming = [
+        path
+        for path in git("ls-files")
+        if path.endswith(NAMING_KINDS)
+        or os.path.basename(path) == "Makefile"
+        or path.startswith(".ci/")
+    ]
+    named = {}
+    for path in naming:
+        for found in NAMED_PATH.findall((ROOT / path).read_text()):
+            named.setdefault(found.rstrip("."), set()).add(path)
+    missing = {}
+    for found, where in named.items():
+        if "{" in found:
+            # Made in code: f"tests/test_{step}.py".
+            continue
+        # stepNN: any step's two digits.
+        pattern = found.replace("NN", "[0-9][0-9]")
+        if glob.has_magic(pattern):
+            exists = bool(glob.glob(pattern, root_dir=ROOT))
+        else:
+            exists = (ROOT / pattern).exists()
+        if not exists:
+            missing[found] = sorted(where)
+    # What runs write is not in the repository, and git ignores it
+    # (bench/quick-results/); as a folder, it has no slash in prose.
+    as_folders = [found.rstrip("/") + "/" for found in missing]
+    ignored = git("check-ignore", "--no-index", *missing, *as_folders, check=False)
+    written = {found.rstrip("/") for found in ignored}
+
+    assert len(named) > 100
+    assert {
+        found: where
+        for found, where in missing.items()
+        if found.rstrip("/") not in written
+    } == {}
 
 
 # "step04_pooling/db.py:53` `app.teardown_appcontext(remove_session)": a line
