@@ -6,6 +6,7 @@ command runs to its end.
 """
 
 import pathlib
+import signal
 import subprocess
 
 from .loopback import wait_for_http
@@ -73,8 +74,10 @@ class Terminals:
         return background
 
     def stop(self, background):
-        """Stop a command that serves, and all it started."""
-        stop_process_group(background.process, seconds=30)
+        """Stop a command that serves, and all it started, as Ctrl-C does."""
+        # SIGINT, not SIGTERM: uWSGI's master takes SIGTERM as an order to
+        # reload.
+        stop_process_group(background.process, seconds=30, stop_signal=signal.SIGINT)
         self.running.remove(background)
 
     def __enter__(self):
