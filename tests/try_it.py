@@ -117,9 +117,10 @@ MAKE_RUN_PORT = int(
 PORT_PLACEHOLDER = re.compile(r"(?<=-p )(?:PORT|NNNNN)\b")
 PRINTED_PORT = re.compile(r"\bon port (\d+)|@127\.0\.0\.1:(\d+)/messages\b")
 # What a test's environment has and a reader's does not: the databases the
-# tests hand out, pytest's variables, settings of the steps.
+# tests hand out, pytest's variables, settings of the steps, and what make
+# test's make passes on to the make run of a README.
 NOT_THE_READERS = re.compile(
-    r"^(?:PYTEST_|FLASK_|TEST_)|^(?:AUDIT_)?DATABASE_URL$|^PYTHONPATH$"
+    r"^(?:PYTEST_|FLASK_|TEST_|MAKE)|^(?:AUDIT_)?DATABASE_URL$|^(?:PYTHONPATH|MFLAGS)$"
 )
 
 
