@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 import types
@@ -949,16 +950,31 @@ def the_servers_are_gone(log):
     assert not any(map(os.path.exists, folders))
 
 
+# The programs a Try it calls besides the repository's, and their packages.
+PROGRAMS = {"curl": "curl", "psql": "postgresql-client", "sqlite3": "sqlite3"}
+
+
+def skip_without_what_it_calls(written):
+    """Skip (fail in CI) a Try it whose servers or programs are missing."""
+    text = "\n".join(command.text for command in written)
+    if re.search(r"DB=pgbouncer|testbed\.postgres", text) and find_postgres() is None:
+        skip_or_fail(HOW_TO_GET_POSTGRES)
+    if "DB=pgbouncer" in text and find_pgbouncer() is None:
+        skip_or_fail(HOW_TO_GET_PGBOUNCER)
+    for program, package in PROGRAMS.items():
+        calls = re.search(rf"(?:^|[;|&]\s*|do ){program} ", text, re.M)
+        if calls and shutil.which(program) is None:
+            skip_or_fail(f"needs {program}: apt-get install {package}")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("step", "title"), TRY_SECTIONS, ids=[f"{s}-{t}" for s, t in TRY_SECTIONS]
 )
 def test_each_try_it_runs_as_written_and_shows_what_it_says(step, title, tmp_path):
-    if step in ("step04_pooling", "step08_pgbouncer") and find_postgres() is None:
-        skip_or_fail(HOW_TO_GET_POSTGRES)
-    if step == "step08_pgbouncer" and find_pgbouncer() is None:
-        skip_or_fail(HOW_TO_GET_PGBOUNCER)
-    typed = promised_after(commands(section_text(step, title)), PROMISES[(step, title)])
+    written = commands(section_text(step, title))
+    skip_without_what_it_calls(written)
+    typed = promised_after(written, PROMISES[(step, title)])
     folder = copy_of_the_repository(tmp_path / "reader")
 
     with Reader(folder, tmp_path) as reader:
