@@ -967,6 +967,17 @@ def skip_without_what_it_calls(written):
             skip_or_fail(f"needs {program}: apt-get install {package}")
 
 
+def test_the_map_and_ci_install_the_programs_the_try_its_call():
+    installed = re.search(r"^apt-get install (.*)$", README, re.M).group(1).split()
+    ci = (ROOT / ".ci" / "run").read_text()
+    for program, package in PROGRAMS.items():
+        assert f"command -v {program} " in ci
+        assert f"packages+=({package})" in ci
+        # Debian's postgresql brings its client, psql.
+        brought = {"psql": "postgresql"}.get(program)
+        assert package in installed or brought in installed, program
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("step", "title"), TRY_SECTIONS, ids=[f"{s}-{t}" for s, t in TRY_SECTIONS]
