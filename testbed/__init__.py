@@ -2,8 +2,9 @@
 
 A throwaway PostgreSQL (postgres), PgBouncer in front of one (pgbouncer),
 gunicorn and ``flask run`` serving a step (gunicorn, live_server), headless
-Chromium (chromium), and what drives and watches them: load from threads
-(load, threads), a fork (fork), samples of pg_stat_activity (watchers).
+Chromium (chromium), a reader's shell commands (terminals), and what drives
+and watches them: load from threads (load, threads), a fork (fork), samples
+of pg_stat_activity (watchers).
 One job per module; none of it is a step's concept.
 """
 

@@ -7,7 +7,7 @@ on which they may create databases). Each test gets a database of its own
 (create_database), in utf8mb4: MySQL's "utf8" is a 3-byte subset that
 cannot hold an emoji.
 
-URLs name the dialect mariadb and the driver PyMySQL (docs/mariadb.md says
+URLs name the dialect mariadb and the driver PyMySQL (docs/databases.md says
 why this driver): ``mariadb+pymysql://root@127.0.0.1:PORT/NAME?charset=utf8mb4``.
 
 Run as a program, it starts such a server for a command of yours, with

@@ -24,13 +24,13 @@ def stop_process(process, stop_signal=signal.SIGTERM, seconds=30):
     stop_processes([process], stop_signal, seconds)
 
 
-def stop_process_group(process, seconds=10):
+def stop_process_group(process, seconds=10, stop_signal=signal.SIGTERM):
     """Stop a process and everything it started, politely first.
 
     The process leads a group of its own (``process_group=0``).
     """
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
+        os.killpg(process.pid, stop_signal)
     try:
         process.wait(timeout=seconds)
     except subprocess.TimeoutExpired:

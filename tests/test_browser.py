@@ -1,20 +1,29 @@
 """Each page works as a small lab in a real browser: panel, chart, burst, errors."""
 
 import datetime
+import importlib
 import json
 import os
+import threading
+import time
+import types
 
 import pytest
+from sqlalchemy import event
+from werkzeug.serving import make_server
 
 from testbed import ROOT
 from testbed.chromium import HOW_TO_GET_CHROMIUM
 from testbed.chromium import find_chromium
 from testbed.chromium import launch
+from testbed.loopback import free_port
 from testbed.screenshots import SCREENSHOTS
 from testbed.screenshots import SMALL_POOL_FAILING_FAST
 from testbed.screenshots import burst_and_wait
 from testbed.screenshots import take_screenshots
 from testbed.screenshots import wait_for_samples
+from testbed.step_apps import close_app
+from testbed.step_apps import initialize_databases
 
 # Each test drives Chromium against a step served by flask run.
 pytestmark = pytest.mark.slow
@@ -186,6 +195,51 @@ def test_from_step_3_on_the_same_burst_succeeds_async_view_included(step, serve,
     assert result.get_attribute("data-unavailable") == "0"
     expect(page.locator("#held-warning")).to_be_hidden()
     expect(page.locator('[data-pool="checked_out"]')).to_have_text("0")
+
+
+def test_a_burst_from_the_page_holds_at_most_six_connections_at_once(page, tmp_path):
+    # Step 1's app in this process, to watch its pool: how many connections
+    # are checked out at once, at most.
+    create_app = importlib.import_module("step01_engine").create_app
+    databases = {"DATABASE_URL": f"sqlite:///{tmp_path / 'messages.sqlite'}"}
+    initialize_databases(create_app, databases)
+    app = create_app(databases)
+    lock = threading.Lock()
+    checked_out = {"now": 0, "most": 0}
+
+    def on_checkout(*args):
+        with lock:
+            checked_out["now"] += 1
+            checked_out["most"] = max(checked_out["most"], checked_out["now"])
+        # Each request holds its connection a while, so that the requests
+        # the browser sends at once are all running together.
+        time.sleep(0.2)
+
+    def on_checkin(*args):
+        with lock:
+            checked_out["now"] -= 1
+
+    event.listen(app.extensions["engine"], "checkout", on_checkout)
+    event.listen(app.extensions["engine"], "checkin", on_checkin)
+    # A thread per request, as flask run serves.
+    server = make_server("127.0.0.1", free_port(), app, threaded=True)
+    serving = threading.Thread(target=server.serve_forever)
+    serving.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        burst_and_wait(
+            page, types.SimpleNamespace(url=url), let_pass=page.clock.run_for
+        )
+    finally:
+        server.shutdown()
+        serving.join()
+        server.server_close()
+        close_app(app)
+
+    assert page.locator("#burst-result").get_attribute("data-ok") == "20"
+    # Chromium sends six requests at once to one server, and no more: a
+    # pool of five takes one overflow connection at most.
+    assert checked_out["most"] == 6
 
 
 def test_when_the_database_fails_the_page_keeps_its_live_panel(step, serve, page):

@@ -5,19 +5,39 @@ reference pages in docs/. Their quotes, line references, test names and
 links are checked on every page; each figure against the run it comes from.
 """
 
+import glob
 import importlib
 import json
 import os
 import re
+import shutil
+import subprocess
+import time
+import types
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from bench.report import table
 from testbed import ROOT
+from testbed.pgbouncer import HOW_TO_GET_PGBOUNCER
+from testbed.pgbouncer import find_pgbouncer
+from testbed.postgres import HOW_TO_GET_POSTGRES
+from testbed.postgres import find_binaries as find_postgres
+from testbed.screenshots import SMALL_POOL_FAILING_FAST
 
 from .conftest import is_slow
+from .conftest import skip_or_fail
 from .flask_sqlalchemy_shim import step10_plan as plan
 from .steps import STEPS
+from .try_it import MAKE_RUN_PORT
+from .try_it import Reader
+from .try_it import commands
+from .try_it import copy_of_the_repository
+from .try_it import engine_options
+from .try_it import inline_commands
+from .try_it import try_it_sections
+from .workers import worker_answers
 
 # Every page a reader reads; bench/results holds the benchmark's outputs.
 PAGES = sorted(
@@ -166,6 +186,63 @@ def test_the_figures_of_the_extensions_own_tests_are_those_its_run_holds_to():
         f"the {len(plan.APPLIES)} of its {files} that test what step 10"
         f" re-implements run, but {tests_left_out} tests of `test_session.py`"
     ) in words(page("docs/tests.md"))
+
+
+# The files that name the repository's paths: code, configuration, pages,
+# notebooks, scripts, templates.
+NAMING_KINDS = (".py", ".toml", ".md", ".ipynb", ".sh", ".html", ".js", ".lua", ".conf")
+# A path in one of the repository's folders: "docs/databases.md",
+# "tests/test_stepNN_*.py", "step01_engine/db.py:15", "bench/results/".
+NAMED_PATH = re.compile(
+    r"(?<![\w/.$-])((?:docs|tests|testbed|bench|notebooks|step\d\d_[a-z_]+|\.ci)"
+    r"/[\w/.*{}\[\]-]*)"
+)
+
+
+def git(*arguments, check=True):
+    """Return what a git command prints in the repository, line by line."""
+    return subprocess.run(
+        ["git", *arguments], cwd=ROOT, capture_output=True, text=True, check=check
+    ).stdout.splitlines()
+
+
+def test_every_path_a_repository_file_names_exists():
+    naming = [
+        path
+        for path in git("ls-files")
+        if path.endswith(NAMING_KINDS)
+        or os.path.basename(path) == "Makefile"
+        or path.startswith(".ci/")
+    ]
+    named = {}
+    for path in naming:
+        for found in NAMED_PATH.findall((ROOT / path).read_text()):
+            named.setdefault(found.rstrip("."), set()).add(path)
+    missing = {}
+    for found, where in named.items():
+        if "{" in found:
+            # Made in code: f"tests/test_{step}.py".
+            continue
+        # stepNN: any step's two digits.
+        pattern = found.replace("NN", "[0-9][0-9]")
+        if glob.has_magic(pattern):
+            exists = bool(glob.glob(pattern, root_dir=ROOT))
+        else:
+            exists = (ROOT / pattern).exists()
+        if not exists:
+            missing[found] = sorted(where)
+    # What runs write is not in the repository, and git ignores it
+    # (bench/quick-results/); as a folder, it has no slash in prose.
+    as_folders = [found.rstrip("/") + "/" for found in missing]
+    ignored = git("check-ignore", "--no-index", *missing, *as_folders, check=False)
+    written = {found.rstrip("/") for found in ignored}
+
+    assert len(named) > 100
+    assert {
+        found: where
+        for found, where in missing.items()
+        if found.rstrip("/") not in written
+    } == {}
 
 
 # "step04_pooling/db.py:53` `app.teardown_appcontext(remove_session)": a line
@@ -581,3 +658,395 @@ def test_the_maps_and_reader_questions_figures_are_the_reference_runs():
     times = round(on_mariadb)
     assert f"{times} on MariaDB" in words(README)
     assert f"and {times} times on MariaDB" in words(page("docs/reader-questions.md"))
+
+
+# Each step's Try it, run as a reader runs it: every command of its blocks in
+# the order written, in a copy of the repository of the test's own.
+TRY_SECTIONS = [
+    (step, title)
+    for step in STEPS
+    for title, _ in try_it_sections(page(f"{step}/README.md"))
+]
+# Commands a Try paragraph names in its prose and no block runs, and why.
+NOT_RUN = {
+    ("step02_session", "make screenshots"): "tests/test_browser.py takes them",
+    ("step04_pooling", "make run"): "named: it does not install gunicorn",
+    ("step04_pooling", "make lint"): "installs the test tools: the suite has them",
+    ("step07_testing", "make run"): "named: it does not install pytest",
+    ("step07_testing", "make lint"): "installs the test tools: the suite has them",
+    ("step07_testing", "make test"): "runs this suite",
+    ("step08_pgbouncer", ".venv/bin/python -m testbed.pgbouncer COMMAND..."): (
+        "a form: step 8's make run is one"
+    ),
+}
+
+
+def section_text(step, title):
+    """Return a step's Try section of this title."""
+    return dict(try_it_sections(page(f"{step}/README.md")))[title]
+
+
+def test_each_step_has_a_try_it_with_commands_that_run():
+    assert {step for step, _ in TRY_SECTIONS} == set(STEPS)
+    for step, title in TRY_SECTIONS:
+        assert commands(section_text(step, title)), (step, title)
+
+
+def test_every_command_a_try_it_names_is_in_a_block_that_runs():
+    named = {
+        (step, command)
+        for step, title in TRY_SECTIONS
+        for command in inline_commands(section_text(step, title))
+    }
+
+    assert named == set(NOT_RUN)
+
+
+def open_the_page_after_the_pool(reader):
+    """Step 1: /pool first, connects 0; then the page, which connects once."""
+    assert reader.get("/pool").json()["connects"] == 0
+    assert reader.get("/").status_code == 200
+    pool = reader.get("/pool").json()
+    assert (pool["connects"], pool["checked_out"], pool["checked_in"]) == (1, 0, 1)
+
+
+def reload_the_page(reader, times=3, readme_port=MAKE_RUN_PORT):
+    """Reload the page; return /pool's answer after."""
+    for _ in range(times):
+        assert reader.get("/", readme_port).status_code == 200
+    return reader.get("/pool", readme_port).json()
+
+
+def reloads_hold_connections(reader):
+    """Step 2: reloads leave connections checked out, no request running."""
+    pool = reload_the_page(reader)
+    assert pool["checked_out"] >= 1
+    assert pool["requests_running"] == 0
+
+
+def serve_on_the_small_pool_of_the_burst_tests(reader):
+    """The small pool of the browser's burst tests is the README's."""
+    assert engine_options(reader.command) == SMALL_POOL_FAILING_FAST
+    options = reader.get("/pool").json()["options"]
+    assert SMALL_POOL_FAILING_FAST.items() <= options.items()
+
+
+def the_small_pool_runs_dry(reader):
+    """Step 2 on two connections: a reload soon answers 503, with a banner."""
+    serve_on_the_small_pool_of_the_burst_tests(reader)
+    for _ in range(10):
+        response = reader.get("/")
+        if response.status_code == 503:
+            break
+    assert response.status_code == 503
+    assert "QueuePool limit of size 2 overflow 0 reached" in response.text
+    assert 'id="database-error"' in response.text
+
+
+def reloads_give_every_connection_back(reader):
+    """Step 3: after each request nothing is checked out; one connect."""
+    pool = reload_the_page(reader)
+    assert (pool["checked_out"], pool["connects"]) == (0, 1)
+
+
+def the_small_pool_serves_every_reload(reader):
+    """From step 3 on, two connections serve reload after reload."""
+    serve_on_the_small_pool_of_the_burst_tests(reader)
+    pool = reload_the_page(reader, times=10)
+    assert pool["checked_out"] == 0
+
+
+def the_page_shows_step_4s_settings(reader):
+    """Step 4's settings in force, read from the pool."""
+    defaults = importlib.import_module("step04_pooling.db").POOL_DEFAULTS
+    options = reader.get("/pool").json()["options"]
+    assert {key: options[key] for key in defaults} == defaults
+
+
+def the_page_shows_the_override(reader):
+    """Step 4 under FLASK_ENGINE_OPTIONS: the override, over the defaults."""
+    defaults = importlib.import_module("step04_pooling.db").POOL_DEFAULTS
+    options = reader.get("/pool").json()["options"]
+    overridden = {**defaults, **engine_options(reader.command)}
+    assert {key: options[key] for key in defaults} == overridden
+    assert (options["pool_pre_ping"], options["pool_size"]) == (False, 2)
+
+
+def workers_on_8000(reader, served):
+    """Return the answers of /pool of two workers serving on 8000, by pid."""
+    server = types.SimpleNamespace(
+        url=reader.url(8000), process=reader.serving[8000].process
+    )
+    reload_the_page(reader, readme_port=8000)
+    workers = worker_answers(server, served=served)
+    assert len(workers) == 2, (reader.command.text, workers)
+    return workers
+
+
+def workers_serve_on_the_masters_connection(reader):
+    """Step 3 under a preloading server: connects 1, connects here 0."""
+    for worker in workers_on_8000(reader, served=False).values():
+        assert (worker["connects"], worker["connects_in_this_process"]) == (1, 0)
+
+
+def workers_serve_on_connections_of_their_own(reader):
+    """Step 4 under a preloading server: connects 2, connects here 1."""
+    for worker in workers_on_8000(reader, served=True).values():
+        assert (worker["connects"], worker["connects_in_this_process"]) == (2, 1)
+
+
+def a_few_requests(reader):
+    """Reload the page a few times."""
+    reload_the_page(reader, readme_port=8000)
+
+
+def one_server_process(reader):
+    """Step 3's workers on PostgreSQL: one server process, the master's."""
+    said = "Step 3 shows one server process, the master's, serving both workers"
+    assert said in words(section_text("step04_pooling", "Try the fork"))
+    assert "(1 row)" in reader.output, reader.output
+
+
+def before_init_db_a_503_names_it(reader):
+    """Step 5 before init-db: the API answers 503 and names init-db."""
+    response = reader.get("/messages")
+    assert response.status_code == 503
+    assert "flask --app step05_reflection init-db" in response.json()["error"]
+
+
+def after_init_db_serves(reader):
+    """Step 5 after init-db: the same server serves the page."""
+    assert reader.get("/").status_code == 200
+
+
+def the_page_lists_the_new_column(reader):
+    """Step 5 restarted: the page lists the column added from outside."""
+    assert "<code>author</code>" in reader.get("/").text
+
+
+def the_new_message_has_an_author(reader):
+    """Step 5: the message added shows the column's default."""
+    said = '"author":"anonymous"'
+    assert said in section_text("step05_reflection", "Try it")
+    assert said in reader.output, reader.output
+
+
+def each_pool_connects_once_and_a_write_returns_both(reader):
+    """Step 6: two pools, one connect each from startup; a message added on
+    the page leaves neither checked out."""
+    pool = reader.get("/pool").json()
+    assert (pool["connects"], pool["audit"]["connects"]) == (1, 1)
+    created = reader.post("/messages", json={"text": "added on the page"})
+    assert created.status_code == 201
+    pool = reader.get("/pool").json()
+    assert (pool["checked_out"], pool["audit"]["checked_out"]) == (0, 0)
+
+
+def the_audit_log_lists_the_write(reader):
+    """Step 6's GET /audit: the write."""
+    entries = json.loads(reader.output)
+    assert [entry["text"] for entry in entries] == ["added on the page"]
+
+
+def the_file_holds_the_write(reader):
+    """Step 6: each database's file holds its row of the write."""
+    assert "added on the page" in reader.output, reader.output
+
+
+def the_example_tests_pass(reader):
+    """Step 7's example tests: all pass."""
+    assert re.search(r"\b\d+ passed\b", reader.output), reader.output
+    assert "failed" not in reader.output
+
+
+def the_app_runs_behind_pgbouncer(reader):
+    """Step 8: BEHIND_POOLER on, on PgBouncer's port, in front of a small
+    PostgreSQL."""
+    assert "This app runs with <code>BEHIND_POOLER</code> on." in reader.get("/").text
+    url = reader.get("/pool").json()["url"]
+    assert make_url(url).port == reader.printed_port
+    assert "(max_connections=20)" in reader.log()
+
+
+def show_pools_lists_both_databases(reader):
+    """Step 8: PgBouncer's pools, one for each of the app's databases."""
+    pools = [line.split("|")[0].strip() for line in reader.output.splitlines()]
+    assert {"messages", "audit"} <= set(pools), reader.output
+
+
+def async_requests_give_their_connections_back(reader):
+    """Step 9: after async reads, /pool says nothing is checked out."""
+    said = '`"checked_out":0`: each async request gave its connection back'
+    assert said in words(section_text("step09_app_context", "Try it"))
+    assert '"checked_out":0' in reader.output, reader.output
+
+
+def async_reads_on_the_small_pool_give_all_back(reader):
+    """Step 9 on two connections: async reads, and nothing checked out."""
+    serve_on_the_small_pool_of_the_burst_tests(reader)
+    for _ in range(10):
+        assert reader.get("/messages").status_code == 200
+    assert reader.get("/pool").json()["checked_out"] == 0
+
+
+def the_headers_count_45_and_link_pages_1_3_and_5(reader):
+    """Step 10: page 2 of 10 a page."""
+    said = "The headers say 45 messages and link pages 1, 3 and 5"
+    assert said in words(section_text("step10_helpers", "Try it"))
+    assert "X-Total-Count: 45" in reader.output, reader.output
+    [link] = re.findall(r"^Link: (.*)$", reader.output, re.M)
+    assert sorted(set(map(int, re.findall(r"[?&]page=(\d+)", link)))) == [1, 3, 5]
+
+
+def a_bad_page_answers_404_saying_why(reader):
+    """Step 10: ?page=x, a JSON 404 that says why; the page's links work."""
+    assert json.loads(reader.output) == {
+        "error": "page must be a whole number, not 'x'"
+    }
+    assert reader.get("/messages?page=x").status_code == 404
+    links = re.findall(r'href="(/\?page=\d+)"', reader.get("/").text)
+    assert links
+    for link in links:
+        assert reader.get(link).status_code == 200
+
+
+def the_shell_reads_the_first_message(reader):
+    """Step 10's flask shell: the session and the models, no import needed
+    but select's, and the first message's text, as the README answers."""
+    assert reader.command.answers == ("'message 1'",)
+
+
+# What each Try section says a reader sees, in the order written: each
+# checked after the next command that begins so, whose result it shows.
+PROMISES = {
+    ("step01_engine", "Try it"): [("make run", open_the_page_after_the_pool)],
+    ("step02_session", "Try it"): [
+        ("make run", reloads_hold_connections),
+        ("FLASK_ENGINE_OPTIONS", the_small_pool_runs_dry),
+    ],
+    ("step03_teardown", "Try it"): [
+        ("make run", reloads_give_every_connection_back),
+        ("FLASK_ENGINE_OPTIONS", the_small_pool_serves_every_reload),
+    ],
+    ("step04_pooling", "Try it"): [
+        ("make run", the_page_shows_step_4s_settings),
+        ("FLASK_ENGINE_OPTIONS", the_page_shows_the_override),
+    ],
+    ("step04_pooling", "Try the fork"): [
+        (".venv/bin/gunicorn", workers_serve_on_the_masters_connection),
+        (".venv/bin/gunicorn", workers_serve_on_connections_of_their_own),
+        (".venv/bin/python -m testbed.postgres", a_few_requests),
+        ("psql", one_server_process),
+        (".venv/bin/uwsgi", workers_serve_on_connections_of_their_own),
+        (".venv/bin/uwsgi", workers_serve_on_the_masters_connection),
+    ],
+    ("step05_reflection", "Try it"): [
+        (".venv/bin/flask --app step05_reflection run", before_init_db_a_503_names_it),
+        (".venv/bin/flask --app step05_reflection init-db", after_init_db_serves),
+        (".venv/bin/flask --app step05_reflection run", the_page_lists_the_new_column),
+        ("curl", the_new_message_has_an_author),
+    ],
+    ("step06_multiple_databases", "Try it"): [
+        ("make run", each_pool_connects_once_and_a_write_returns_both),
+        ("curl", the_audit_log_lists_the_write),
+        ("sqlite3", the_file_holds_the_write),
+        ("sqlite3", the_file_holds_the_write),
+    ],
+    ("step07_testing", "Try it"): [(".venv/bin/pytest", the_example_tests_pass)],
+    ("step08_pgbouncer", "Try it"): [
+        ("make run", the_app_runs_behind_pgbouncer),
+        ("psql", show_pools_lists_both_databases),
+    ],
+    ("step09_app_context", "Try it"): [
+        ("curl -s localhost:5000/pool", async_requests_give_their_connections_back),
+        ("FLASK_ENGINE_OPTIONS", async_reads_on_the_small_pool_give_all_back),
+    ],
+    ("step10_helpers", "Try it"): [
+        ("curl -si", the_headers_count_45_and_link_pages_1_3_and_5),
+        ("curl -s 'localhost:5000/messages?page=x'", a_bad_page_answers_404_saying_why),
+        (
+            ".venv/bin/flask --app step10_helpers shell",
+            the_shell_reads_the_first_message,
+        ),
+    ],
+}
+
+
+def promised_after(commands_typed, promises):
+    """Pair each command with the promise checked after it, if any."""
+    left = list(promises)
+    paired = []
+    for command in commands_typed:
+        if left and command.text.startswith(left[0][0]):
+            paired.append((command, left.pop(0)[1]))
+        else:
+            paired.append((command, None))
+    assert left == [], f"no command for {left}"
+    return paired
+
+
+def test_each_promise_follows_a_command_of_its_try_section():
+    assert set(PROMISES) == set(TRY_SECTIONS)
+    for (step, title), promises in PROMISES.items():
+        promised_after(commands(section_text(step, title)), promises)
+
+
+def the_servers_are_gone(log):
+    """Step 8: stopped, make run deletes the PostgreSQL and PgBouncer it
+    started."""
+    folders = re.findall(r"(?:A throwaway PostgreSQL|PgBouncer) in (/\S+?)[,\s]", log)
+    assert len(folders) == 2, log
+    deadline = time.monotonic() + 30
+    while any(map(os.path.exists, folders)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(map(os.path.exists, folders))
+
+
+# The programs a Try it calls besides the repository's, and their packages.
+PROGRAMS = {"curl": "curl", "psql": "postgresql-client", "sqlite3": "sqlite3"}
+
+
+def skip_without_what_it_calls(written):
+    """Skip (fail in CI) a Try it whose servers or programs are missing."""
+    text = "\n".join(command.text for command in written)
+    if re.search(r"DB=pgbouncer|testbed\.postgres", text) and find_postgres() is None:
+        skip_or_fail(HOW_TO_GET_POSTGRES)
+    if "DB=pgbouncer" in text and find_pgbouncer() is None:
+        skip_or_fail(HOW_TO_GET_PGBOUNCER)
+    for program, package in PROGRAMS.items():
+        calls = re.search(rf"(?:^|[;|&]\s*|do ){program} ", text, re.M)
+        if calls and shutil.which(program) is None:
+            skip_or_fail(f"needs {program}: apt-get install {package}")
+
+
+def test_the_map_and_ci_install_the_programs_the_try_its_call():
+    installed = re.search(r"^apt-get install (.*)$", README, re.M).group(1).split()
+    ci = (ROOT / ".ci" / "run").read_text()
+    for program, package in PROGRAMS.items():
+        assert f"command -v {program} " in ci
+        assert f"packages+=({package})" in ci
+        # Debian's postgresql brings its client, psql.
+        brought = {"psql": "postgresql"}.get(program)
+        assert package in installed or brought in installed, program
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("step", "title"), TRY_SECTIONS, ids=[f"{s}-{t}" for s, t in TRY_SECTIONS]
+)
+def test_each_try_it_runs_as_written_and_shows_what_it_says(step, title, tmp_path):
+    written = commands(section_text(step, title))
+    skip_without_what_it_calls(written)
+    typed = promised_after(written, PROMISES[(step, title)])
+    folder = copy_of_the_repository(tmp_path / "reader")
+
+    with Reader(folder, tmp_path) as reader:
+        for command, promise in typed:
+            reader.type(command)
+            if promise is not None:
+                promise(reader)
+        logs = [background.log() for background in reader.terminals.running]
+        reader.stop_all()
+
+    if step == "step08_pgbouncer":
+        the_servers_are_gone(logs[0])
