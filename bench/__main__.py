@@ -18,6 +18,7 @@ from testbed.postgres import find_binaries
 from testbed.step_apps import close_app
 
 from . import helpers
+from . import parity
 from . import per_test
 from . import pid_check
 from . import report
@@ -61,6 +62,11 @@ def parse_arguments():
         action="store_true",
         help="skip step 10's helpers against Flask-SQLAlchemy's"
         " (python -m bench.helpers)",
+    )
+    parser.add_argument(
+        "--no-parity",
+        action="store_true",
+        help="skip step 4 against Flask-SQLAlchemy three ways (python -m bench.parity)",
     )
     parser.add_argument(
         "--no-scale-out",
@@ -192,6 +198,9 @@ def main():
             print(path)
     if not arguments.no_helpers:
         for path in helpers.run(out, quick):
+            print(path)
+    if not arguments.no_parity:
+        for path in parity.run(out, quick):
             print(path)
     if not arguments.no_scale_out and not arguments.no_load:
         if find_pgbouncer() is None or find_binaries() is None:

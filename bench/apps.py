@@ -113,13 +113,13 @@ def app_context_scope(url, message):
     )
 
 
-def flask_sqlalchemy(url, message):
+def flask_sqlalchemy(url, message, **engine_options):
     """Flask-SQLAlchemy 3.1: the same model and query, step 4's engine options."""
     from flask_sqlalchemy import SQLAlchemy
 
     app = Flask("flask_sqlalchemy")
     app.config["SQLALCHEMY_DATABASE_URI"] = url
-    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = POOL_DEFAULTS
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options or POOL_DEFAULTS
     db = SQLAlchemy(app)
     return answer_messages(
         app, lambda message_id: db.get_or_404(Message, message_id).to_dict()

@@ -15,6 +15,7 @@ from bench.command_line import parser_for
 from bench.helpers import CASES as HELPER_CASES
 from bench.load import HOW_TO_GET_WRK
 from bench.load import find_wrk
+from bench.parity import APPS as PARITY_APPS
 from bench.scale_out import CASES as SCALE_OUT_CASES
 from testbed import ROOT
 from testbed import mariadb
@@ -71,7 +72,13 @@ def test_the_quick_benchmark_writes_a_table_json_and_a_chart(tmp_path):
         assert f"| {name} |" in table
     # Too short to judge a goal by: it says so, in each output and as it
     # ends, and judges none.
-    for name in ("results.md", "per_test.md", "helpers.md", "scale_out.md"):
+    for name in (
+        "results.md",
+        "per_test.md",
+        "helpers.md",
+        "parity.md",
+        "scale_out.md",
+    ):
         assert QUICK_NOTE in (tmp_path / name).read_text(), name
     assert completed.stdout.splitlines()[-1] == QUICK_NOTE
     assert "goals" not in table
@@ -101,6 +108,19 @@ def test_the_quick_benchmark_writes_a_table_json_and_a_chart(tmp_path):
     for backend in helpers["backends"]:
         for way in ("per request", "alone"):
             assert list(backend[way]) == list(HELPER_CASES), way
+    # Step 4 against the extension and the bare app (and step 4 without its
+    # request counter, and a control), pre-ping on and off, two ways on all
+    # three backends; a quick run counts no instructions.
+    parity = json.loads((tmp_path / "parity.json").read_text())
+    assert [backend["backend"] for backend in parity["backends"]] == [
+        "sqlite",
+        "postgresql",
+        "mariadb",
+    ]
+    for backend in parity["backends"]:
+        for setting in ("pre-ping on", "pre-ping off"):
+            assert list(backend["timed"][setting]) == list(PARITY_APPS)
+    assert "skipped" in parity["instructions"]
     # Step 8's instances on one small PostgreSQL, each case once.
     scaled = json.loads((tmp_path / "scale_out.json").read_text())
     assert [row["case"] for row in scaled["rows"]] == list(SCALE_OUT_CASES)
@@ -123,7 +143,9 @@ def test_a_quick_run_leaves_the_reference_results_alone(monkeypatch, arguments, 
     assert f"{QUICK_RESULTS}/" in (ROOT / ".gitignore").read_text().splitlines()
 
 
-@pytest.mark.parametrize("part", ["bench.per_test", "bench.helpers", "bench.scale_out"])
+@pytest.mark.parametrize(
+    "part", ["bench.per_test", "bench.helpers", "bench.parity", "bench.scale_out"]
+)
 def test_each_parts_help_shows_the_commands_of_its_docstring(part):
     completed = subprocess.run(
         [sys.executable, "-m", part, "--help"],

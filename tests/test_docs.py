@@ -50,7 +50,7 @@ PAGES = sorted(
 )
 TEXT = {page: (ROOT / page).read_text() for page in PAGES}
 # The benchmark's Markdown outputs, written by make bench, not by hand.
-RESULT_TABLES = ["results", "per_test", "helpers", "scale_out"]
+RESULT_TABLES = ["results", "per_test", "helpers", "parity", "scale_out"]
 README = TEXT["README.md"]
 NUMBERS = {11: "eleven", 12: "twelve", 10: "ten"}
 
@@ -510,6 +510,72 @@ def test_the_helpers_costs_cited_are_the_reference_runs():
     assert f"this step's app costs up to {dearest:.3f}×" in readme
     with_binds, one_engine = sqlite["making a Session, µs"].values()
     assert f"{with_binds} µs against {one_engine} µs" in text
+
+
+def parity():
+    """The reference run of step 4 against the extension, three ways."""
+    results = json.loads((ROOT / "bench" / "results" / "parity.json").read_text())
+    assert not results["quick"]
+    return results
+
+
+PARITY_CELLS = [
+    (setting, key)
+    for setting in ("pre-ping on", "pre-ping off")
+    for key in ("fastest µs", "best third of rounds µs")
+]
+BACKEND_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "mariadb": "MariaDB"}
+
+
+def test_the_parity_table_and_its_figures_are_the_reference_runs():
+    results = parity()
+    text = page(BENCHMARK)
+    step4, extension = "step04_pooling", "Flask-SQLAlchemy 3.1"
+    over = []
+    for backend in results["backends"]:
+        cells = [
+            backend["timed"][setting][step4][key]
+            / backend["timed"][setting][extension][key]
+            for setting, key in PARITY_CELLS
+        ]
+        over += cells
+        row = " | ".join(f"{cell:.3f}" for cell in cells)
+        assert f"| {BACKEND_NAMES[backend['backend']]} | {row} |" in text
+    assert f"within {max(abs(cell - 1) for cell in over):.1%} of 1" in words(text)
+    sqlite = results["backends"][0]["timed"]["pre-ping off"]
+    outside = (
+        sqlite[step4]["best third of rounds µs"]
+        / sqlite[extension]["best third of rounds µs"]
+    )
+    assert f"here: {outside:.3f}× on SQLite" in words(text)
+    outside_way = [
+        backend["timed"]["pre-ping off"][step4]["best third of rounds µs"]
+        / backend["timed"]["pre-ping off"][extension]["best third of rounds µs"]
+        for backend in results["backends"]
+    ]
+    assert (
+        "the mean of the best third of rounds with pre-ping off, it is"
+        f" {outside_way[0]:.3f}×, {outside_way[1]:.3f}× and {outside_way[2]:.3f}×"
+    ) in words(README)
+    counts = results["instructions"]
+    control = counts["step 4 with 5,000 idle lists"]
+    over_extension = counts[step4] / counts[extension]
+    for cited in (
+        f"Step 4 executes {counts[step4]:,} instructions a request on SQLite,"
+        f" the extension {counts[extension]:,}: {over_extension:.3f}×",
+        f"The control executes {control:,}: {control / counts[step4]:.3f}× step 4",
+    ):
+        assert cited in words(text)
+    without = "step 4 without the panel's request counter"
+    ratios = [
+        backend_timed[without][key] / backend_timed[step4][key]
+        for backend_timed in results["backends"][0]["timed"].values()
+        for key in ("fastest µs", "best third of rounds µs")
+    ]
+    assert (
+        f"by {min(ratios):.3f}× to {max(ratios):.3f}× in time and by"
+        f" {counts[without] / counts[step4]:.3f}× in instructions"
+    ) in words(text)
 
 
 def test_the_length_of_step_10s_helpers_cited_is_the_modules():
