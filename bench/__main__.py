@@ -44,13 +44,21 @@ def parse_arguments():
         help="a PostgreSQL database to use (its tables are created); by default"
         " a throwaway server is started, when PostgreSQL is installed",
     )
-    parser.add_argument("--no-postgres", action="store_true", help="no PostgreSQL")
+    parser.add_argument(
+        "--no-postgres",
+        action="store_true",
+        help="no PostgreSQL, in any part (--postgres-url is the main table's only)",
+    )
     parser.add_argument(
         "--mariadb-url",
         help="a MariaDB database to use (its tables are created); by default"
         " a throwaway server is started, when MariaDB is installed",
     )
-    parser.add_argument("--no-mariadb", action="store_true", help="no MariaDB")
+    parser.add_argument(
+        "--no-mariadb",
+        action="store_true",
+        help="no MariaDB, in any part (--mariadb-url is the main table's only)",
+    )
     parser.add_argument("--no-load", action="store_true", help="skip the load test")
     parser.add_argument(
         "--no-per-test",
@@ -74,8 +82,12 @@ def parse_arguments():
         help="skip step 8's instances on one small PostgreSQL, with and without"
         " PgBouncer (python -m bench.scale_out)",
     )
-    parser.add_argument("--rounds", type=int, help="in-process rounds (300)")
-    parser.add_argument("--requests", type=int, help="requests per case and round (10)")
+    parser.add_argument(
+        "--rounds", type=int, help="in-process rounds of the main table (300)"
+    )
+    parser.add_argument(
+        "--requests", type=int, help="requests per case and round, main table (10)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (2)")
     parser.add_argument("--threads", type=int, default=4, help="threads per worker (4)")
     parser.add_argument(
@@ -196,11 +208,21 @@ def main():
     if not arguments.no_per_test:
         for path in per_test.run(out, quick):
             print(path)
+    # The parts that start servers of their own leave out those the command
+    # line does; none takes a server you name.
+    servers = [
+        name
+        for name, left_out in (
+            ("postgresql", arguments.no_postgres),
+            ("mariadb", arguments.no_mariadb),
+        )
+        if not left_out
+    ]
     if not arguments.no_helpers:
-        for path in helpers.run(out, quick):
+        for path in helpers.run(out, quick, servers):
             print(path)
     if not arguments.no_parity:
-        for path in parity.run(out, quick):
+        for path in parity.run(out, quick, servers):
             print(path)
     if not arguments.no_scale_out and not arguments.no_load:
         if find_pgbouncer() is None or find_binaries() is None:

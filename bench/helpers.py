@@ -317,9 +317,15 @@ def pairs(timings):
     return found
 
 
-def throwaway_databases(folder):
+# The servers a part may start, which python -m bench's --no-postgres and
+# --no-mariadb leave out.
+SERVERS = ("postgresql", "mariadb")
+
+
+def throwaway_databases(folder, servers=SERVERS):
     """Yield each backend's name and a pair of empty databases on it:
-    SQLite files, and a throwaway PostgreSQL's and MariaDB's when installed."""
+    SQLite files, and a throwaway PostgreSQL's and MariaDB's, of ``servers``,
+    when installed."""
     yield (
         "sqlite",
         {
@@ -327,9 +333,9 @@ def throwaway_databases(folder):
             "AUDIT_DATABASE_URL": f"sqlite:///{folder}/audit.sqlite",
         },
     )
-    if (bindir := find_binaries()) is not None:
+    if "postgresql" in servers and (bindir := find_binaries()) is not None:
         yield from on_a_server("postgresql", Cluster(bindir, free_port()))
-    if (binaries := mariadb.find_binaries()) is not None:
+    if "mariadb" in servers and (binaries := mariadb.find_binaries()) is not None:
         yield from on_a_server("mariadb", mariadb.Instance(binaries, free_port()))
 
 
@@ -390,12 +396,13 @@ def markdown(results):
     return "".join(parts)
 
 
-def run(out, quick):
-    """Measure on every backend installed; write the outputs."""
+def run(out, quick, servers=SERVERS):
+    """Measure on SQLite and on each of ``servers`` installed; write the
+    outputs."""
     requests, rounds = (2, 10) if quick else (10, 300)
     results = {"quick": quick, "backends": []}
     with tempfile.TemporaryDirectory() as folder:
-        for backend, databases in throwaway_databases(folder):
+        for backend, databases in throwaway_databases(folder, servers):
             results["backends"].append(measure(backend, databases, requests, rounds))
     return write_outputs(out, "helpers", results, markdown)
 

@@ -1,15 +1,19 @@
 """Step 4 against Flask-SQLAlchemy 3.1 and the bare ten lines, three ways.
 
-    python -m bench.parity            # into bench/results/parity.*
+    python -m bench.parity            # into bench/results/parity.*; 5 minutes
     python -m bench.parity --quick    # a few rounds, no instruction count
+
+It runs on SQLite, and on a throwaway PostgreSQL and MariaDB of its own
+when they are installed; the instruction count needs valgrind (apt-get
+install valgrind), and says so without it.
 
 Three apps answer GET /messages/1 with the same JSON, from the same model
 and step 4's engine options: step 4 as it is, Flask-SQLAlchemy 3.1, and a
 bare scoped_session app (bench/apps.py), with pre-ping on, step 4's
-default, and off. An outside harness (pre-ping off, the best third of 30
-rounds) found step 4 1.04 to 1.05 times the extension on SQLite, where the
-main table's fastest request says 1.006: so each pair is measured three
-ways, each weighing something else:
+default, and off. An independent audit's harness (pre-ping off, the best
+third of 30 rounds) found step 4 1.04 to 1.05 times the extension on
+SQLite, where the main table's fastest request says 1.006: so each pair is
+measured three ways, each weighing something else:
 
 - fastest request: every request timed on its own, and the case's fastest
   of the run: the request's own path, with nothing else in it, as the
@@ -18,7 +22,8 @@ ways, each weighing something else:
   the fastest third of the rounds: what a run of requests pays, garbage
   collections and cold caches included, the outside harness's way;
 - instructions per request: valgrind's cachegrind counts what a process
-  that sends N requests executes, less one that sends none, over N, with
+  executes; two processes make the app, one sends N requests and the
+  other none, and the difference over N is one request's count; with
   Python's string hashing and the process's addresses fixed, and the
   objects made before the requests frozen out of garbage collection: the
   same count on a busy machine as on a quiet one. On SQLite, pre-ping off;
@@ -44,6 +49,7 @@ from . import apps
 from .command_line import QUICK_NOTE
 from .command_line import run_part
 from .command_line import write_outputs
+from .helpers import SERVERS
 from .helpers import throwaway_databases
 from .report import NOISE
 from .report import table
@@ -311,12 +317,13 @@ def markdown(results):
     return "".join(parts)
 
 
-def run(out, quick):
-    """Measure on every backend installed; write the outputs."""
+def run(out, quick, servers=SERVERS):
+    """Measure on SQLite and on each of ``servers`` installed; write the
+    outputs."""
     requests, rounds = (5, 6) if quick else (25, 150)
     results = {"quick": quick, "backends": []}
     with tempfile.TemporaryDirectory() as folder:
-        for backend, databases in throwaway_databases(folder):
+        for backend, databases in throwaway_databases(folder, servers):
             results["backends"].append(
                 {
                     "backend": backend,

@@ -1,4 +1,4 @@
-"""MariaDB: a throwaway server of its own, or a server you already have.
+r"""MariaDB: a throwaway server of its own, or a server you already have.
 
 An Instance is mariadb-install-db and mariadbd in a temporary folder, on a
 free loopback port, run as an unprivileged user (mariadbd refuses root); a
@@ -15,7 +15,9 @@ DATABASE_URL naming a database on it (and AUDIT_DATABASE_URL a second one,
 for step 6), and deletes it when the command ends (``make run DB=mariadb``
 does so):
 
-    .venv/bin/python -m testbed.mariadb .venv/bin/flask --app step04_pooling run
+    .venv/bin/python -m testbed.mariadb sh -c \
+        '.venv/bin/flask --app step04_pooling init-db &&
+         .venv/bin/flask --app step04_pooling run'
 """
 
 import contextlib

@@ -1,4 +1,4 @@
-"""PgBouncer for step 8: Debian's pgbouncer in front of a small PostgreSQL.
+r"""PgBouncer for step 8: Debian's pgbouncer in front of a small PostgreSQL.
 
 SmallServer is a cluster with a small ``max_connections``, and PgBouncer a
 pgbouncer in transaction mode in front of it, both on free loopback ports
@@ -11,7 +11,9 @@ Run as a program, it starts both for a command of yours, with DATABASE_URL
 and AUDIT_DATABASE_URL going through PgBouncer and FLASK_BEHIND_POOLER=true
 (``make run STEP=step08_pgbouncer DB=pgbouncer`` does so):
 
-    .venv/bin/python -m testbed.pgbouncer .venv/bin/flask --app step08_pgbouncer run
+    .venv/bin/python -m testbed.pgbouncer sh -c \
+        '.venv/bin/flask --app step08_pgbouncer init-db &&
+         .venv/bin/flask --app step08_pgbouncer run'
 """
 
 import contextlib

@@ -1,4 +1,4 @@
-"""PostgreSQL: a throwaway cluster of its own, or a server you already have.
+r"""PostgreSQL: a throwaway cluster of its own, or a server you already have.
 
 A Cluster is initdb and pg_ctl into a temporary folder, on a free loopback
 port; a Server is one you already have (the tests take TEST_POSTGRES_URL's,
@@ -13,7 +13,9 @@ DATABASE_URL naming a database on it (and AUDIT_DATABASE_URL a second one,
 for step 6), and deletes the cluster when the command ends (``make run
 DB=postgresql`` does so):
 
-    .venv/bin/python -m testbed.postgres .venv/bin/flask --app step04_pooling run
+    .venv/bin/python -m testbed.postgres sh -c \
+        '.venv/bin/flask --app step04_pooling init-db &&
+         .venv/bin/flask --app step04_pooling run'
 """
 
 import contextlib
