@@ -17,6 +17,7 @@ from testbed.postgres import Cluster
 from testbed.postgres import find_binaries
 from testbed.step_apps import close_app
 
+from . import async_views
 from . import helpers
 from . import parity
 from . import per_test
@@ -75,6 +76,12 @@ def parse_arguments():
         "--no-parity",
         action="store_true",
         help="skip step 4 against Flask-SQLAlchemy three ways (python -m bench.parity)",
+    )
+    parser.add_argument(
+        "--no-async-views",
+        action="store_true",
+        help="skip what an async view costs, Flask's default against steps 9"
+        " and 10's (python -m bench.async_views)",
     )
     parser.add_argument(
         "--no-scale-out",
@@ -223,6 +230,10 @@ def main():
             print(path)
     if not arguments.no_parity:
         for path in parity.run(out, quick, servers):
+            print(path)
+    if not arguments.no_async_views:
+        async_servers = [name for name in servers if name == "postgresql"]
+        for path in async_views.run(out, quick, async_servers):
             print(path)
     if not arguments.no_scale_out and not arguments.no_load:
         if find_pgbouncer() is None or find_binaries() is None:

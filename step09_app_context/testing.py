@@ -63,9 +63,10 @@ def isolated(app: Flask) -> Iterator[None]:
     def refuse_other_threads(session: Session, transaction: SessionTransaction) -> None:
         # One connection serves the whole block, and a DBAPI connection is
         # not safe to share between threads: refuse, rather than let two
-        # threads interleave their statements on it. An async view runs in
-        # a thread of its own, while the request's thread waits for it: it
-        # belongs to the block, and it has the block's context variables.
+        # threads interleave their statements on it. An async view may run
+        # on another thread (Flask's default makes one for each call) while
+        # the request's thread waits for it: it belongs to the block, and it
+        # has the block's context variables.
         if block not in _isolating.get():
             raise IsolationError(
                 "isolated(app) holds one connection per database for the"

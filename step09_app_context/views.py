@@ -27,8 +27,9 @@ def index() -> str:
 @bp.get("/messages")
 async def list_messages() -> list[dict[str, Any]]:
     """List the messages by id, from an async view."""
-    # Flask runs it in a thread and event loop made for this call: the
-    # Session is still the request's, since it belongs to the app context.
+    # It runs in an event loop made for this call (async_views.py); with
+    # Flask's default, on a thread made for it too: the Session is still
+    # the request's, since it belongs to the app context.
     Message = db.get_models().Message
     messages = db.get_session().scalars(select(Message).order_by(Message.id))
     return [message.to_dict() for message in messages]

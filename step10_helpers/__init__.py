@@ -4,13 +4,14 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask
-
 from . import db
 from . import helpers
 from . import monitor
 from . import views  # noqa: F401 (adds its routes to web.bp)
 from . import web
+
+# Flask, whose async views run on threads and under gevent alike.
+from .async_views import Flask
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:

@@ -37,8 +37,9 @@ async def list_messages() -> (
 ):
     """List the messages by id, from an async view: all of them, or one page
     with ?page=N&per_page=M."""
-    # Flask runs it in a thread and event loop made for this call: the
-    # Session is still the request's, since it belongs to the app context.
+    # It runs in an event loop made for this call (async_views.py); with
+    # Flask's default, on a thread made for it too: the Session is still
+    # the request's, since it belongs to the app context.
     Message = db.get_models().Message
     by_id = select(Message).order_by(Message.id)
     if "page" not in request.args and "per_page" not in request.args:

@@ -10,14 +10,21 @@ monkey-patching, by the same lines.
 - ``/gevent/session``: holds the request's Session across a cooperative
   sleep; says how many requests held that same Session at once.
 - ``/gevent/query``: runs a query that keeps its connection busy for 100 ms.
+- ``/gevent/async-query``: the same query from an async view (steps 9 and
+  10, whose async views run on native threads under gevent).
+- ``/gevent/async-thread``: which OS thread an async view ran on.
+- ``/gevent/async-fails``: an async view that raises.
 """
 
 import importlib
 import os
+import threading
 import time
 from collections import Counter
 
 import psycopg.waiting
+from flask import abort
+from flask import request
 from sqlalchemy import text
 
 STEP = os.environ.get("GEVENT_APP_STEP", "step04_pooling")
@@ -60,3 +67,26 @@ def query():
     """Run a query through the Session that holds its connection for 100 ms."""
     db.get_session().execute(text("SELECT pg_sleep(0.1)"))
     return {"pid": os.getpid()}
+
+
+@app.get("/gevent/async-query")
+async def async_query():
+    """Run the query of /gevent/query from an async view."""
+    db.get_session().execute(text("SELECT pg_sleep(0.1)"))
+    return {"pid": os.getpid()}
+
+
+@app.get("/gevent/async-thread")
+async def async_thread():
+    """Say which OS thread the async view ran on: the worker's main thread
+    (whose native id is the process's id on Linux), where gevent's hub runs
+    the greenlets, or another."""
+    return {"pid": os.getpid(), "native_thread": threading.get_native_id()}
+
+
+@app.get("/gevent/async-fails")
+async def async_fails():
+    """Raise from an async view: a 404 for ?status=404, else an error."""
+    if request.args.get("status") == "404":
+        abort(404)
+    raise RuntimeError("the view failed")

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from bench.apps import CASES  # noqa: I001
+from bench.async_views import CASES as ASYNC_VIEW_CASES
 from bench.command_line import QUICK_NOTE
 from bench.command_line import QUICK_RESULTS
 from bench.command_line import REFERENCE_RESULTS
@@ -77,6 +78,7 @@ def test_the_quick_benchmark_writes_a_table_json_and_a_chart(tmp_path):
         "per_test.md",
         "helpers.md",
         "parity.md",
+        "async_views.md",
         "scale_out.md",
     ):
         assert QUICK_NOTE in (tmp_path / name).read_text(), name
@@ -121,6 +123,16 @@ def test_the_quick_benchmark_writes_a_table_json_and_a_chart(tmp_path):
         for setting in ("pre-ping on", "pre-ping off"):
             assert list(backend["timed"][setting]) == list(PARITY_APPS)
     assert "skipped" in parity["instructions"]
+    # An async view, Flask's default against steps 9 and 10's, and the
+    # sync view, with threads and under gevent, on SQLite and PostgreSQL.
+    timed_async = json.loads((tmp_path / "async_views.json").read_text())
+    assert [backend["backend"] for backend in timed_async["backends"]] == [
+        "sqlite",
+        "postgresql",
+    ]
+    for backend in timed_async["backends"]:
+        for way in ("threads", "gevent"):
+            assert list(backend[way]) == list(ASYNC_VIEW_CASES), way
     # Step 8's instances on one small PostgreSQL, each case once.
     scaled = json.loads((tmp_path / "scale_out.json").read_text())
     assert [row["case"] for row in scaled["rows"]] == list(SCALE_OUT_CASES)
@@ -144,7 +156,14 @@ def test_a_quick_run_leaves_the_reference_results_alone(monkeypatch, arguments, 
 
 
 @pytest.mark.parametrize(
-    "part", ["bench.per_test", "bench.helpers", "bench.parity", "bench.scale_out"]
+    "part",
+    [
+        "bench.per_test",
+        "bench.helpers",
+        "bench.parity",
+        "bench.async_views",
+        "bench.scale_out",
+    ],
 )
 def test_each_parts_help_shows_the_commands_of_its_docstring(part):
     completed = subprocess.run(

@@ -18,6 +18,7 @@ import types
 import pytest
 from sqlalchemy.engine import make_url
 
+from bench import async_views as bench_async_views
 from bench import parity as bench_parity
 from bench.report import table
 from testbed import ROOT
@@ -51,7 +52,14 @@ PAGES = sorted(
 )
 TEXT = {page: (ROOT / page).read_text() for page in PAGES}
 # The benchmark's Markdown outputs, written by make bench, not by hand.
-RESULT_TABLES = ["results", "per_test", "helpers", "parity", "scale_out"]
+RESULT_TABLES = [
+    "results",
+    "per_test",
+    "helpers",
+    "parity",
+    "async_views",
+    "scale_out",
+]
 README = TEXT["README.md"]
 NUMBERS = {11: "eleven", 12: "twelve", 10: "ten"}
 
@@ -1141,3 +1149,55 @@ def test_each_try_it_runs_as_written_and_shows_what_it_says(step, title, tmp_pat
 
     if step == "step08_pgbouncer":
         the_servers_are_gone(logs[0])
+
+
+def test_the_async_view_costs_cited_are_the_reference_runs():
+    results = json.loads((ROOT / "bench" / "results" / "async_views.json").read_text())
+    assert not results["quick"]
+    by_backend = {backend["backend"]: backend for backend in results["backends"]}
+    gevent_page = words(page("docs/gevent.md"))
+    readme = words(page("step09_app_context/README.md"))
+
+    def ratio(backend, way, case):
+        return f"{by_backend[backend][way][case]['ratio']:g}×"
+
+    def µs(backend, case):
+        return by_backend[backend]["threads"][case]["µs per request"]
+
+    own, default = bench_async_views.ASYNC_VIEWS, bench_async_views.DEFAULT
+    with_threads = (
+        f"costs {ratio('sqlite', 'threads', own)} the sync view's on SQLite and"
+        f" {ratio('postgresql', 'threads', own)} on PostgreSQL run by"
+        f" `async_views.py`, and {ratio('sqlite', 'threads', default)} and"
+        f" {ratio('postgresql', 'threads', default)} run by Flask's default"
+    )
+    under_gevent = (
+        f"patched, {ratio('sqlite', 'gevent', own)} and"
+        f" {ratio('postgresql', 'gevent', own)} against"
+        f" {ratio('sqlite', 'gevent', default)} and"
+        f" {ratio('postgresql', 'gevent', default)}."
+    )
+    assert with_threads in gevent_page
+    assert under_gevent in gevent_page
+    sync = bench_async_views.SYNC
+    loop = [µs(backend, own) - µs(backend, sync) for backend in by_backend]
+    thread = [µs(backend, default) - µs(backend, own) for backend in by_backend]
+    assert f"adds {loop[0]} µs on SQLite and {loop[1]} µs on PostgreSQL" in (
+        gevent_page
+    )
+    assert f"another {thread[0]} µs and {thread[1]} µs" in gevent_page
+    lite = [
+        ratio("postgresql", "threads", case)
+        for case in (bench_async_views.LITE_DEFAULT, bench_async_views.LITE_ASYNC_VIEWS)
+    ]
+    assert f"costs {lite[0]} the sync view's on PostgreSQL with Flask's default," in (
+        gevent_page
+    )
+    assert f"{lite[1]} on `async_views.py`'s Flask" in gevent_page
+    assert (
+        f"{ratio('postgresql', 'threads', own)} a sync view's read on PostgreSQL"
+        f" with `async_views.py`, {ratio('postgresql', 'threads', default)} with"
+        " Flask's default"
+    ) in readme
+    # The goal: the steps' way no dearer than Flask's default, everywhere.
+    assert {row["met"] for row in bench_async_views.goals(results)} == {"yes"}

@@ -100,6 +100,9 @@ class Measurement(NamedTuple):
     most_requests_on_one_session: int
     # The most server connections that ran a query at once.
     most_queries_at_once: int
+    # The same from async views (/gevent/async-query), for the steps that
+    # have them; None where not measured.
+    most_async_queries_at_once: int | None
     # Answered requests of /gevent/query per second.
     requests_per_second: float
     # Answers other than 2xx, and requests that got none.
@@ -142,9 +145,10 @@ def errors_in(answers):
     return [answer for answer in answers if not 200 <= (answer[0] or 0) < 300]
 
 
-def measure(server, database_url, options, log_path, step):
+def measure(server, database_url, options, log_path, step, async_views=False):
     """Serve a step under gunicorn's gevent worker with ``options``, load it
-    through /gevent/session and then /gevent/query, and stop it."""
+    through /gevent/session and then /gevent/query (and /gevent/async-query
+    with ``async_views``), and stop it."""
     with Gunicorn(
         "tests.gevent_app:app",
         [
@@ -166,6 +170,13 @@ def measure(server, database_url, options, log_path, step):
             query_answers, seconds = get_from_clients(
                 url + "/gevent/query", LOAD_SECONDS
             )
+        async_answers, most_async = [], None
+        if async_views:
+            with ActiveQueries(server, database_url) as active_async:
+                async_answers, _ = get_from_clients(
+                    url + "/gevent/async-query", LOAD_SECONDS
+                )
+            most_async = active_async.most
     answered = len(query_answers) - len(errors_in(query_answers))
     return Measurement(
         wait=setup["wait"],
@@ -175,8 +186,11 @@ def measure(server, database_url, options, log_path, step):
             default=0,
         ),
         most_queries_at_once=active.most,
+        most_async_queries_at_once=most_async,
         requests_per_second=answered / seconds,
-        errors=errors_in(session_answers) + errors_in(query_answers),
+        errors=errors_in(session_answers)
+        + errors_in(query_answers)
+        + errors_in(async_answers),
         log=gunicorn.log(),
     )
 
@@ -191,7 +205,9 @@ def measure_with(postgres, tmp_path_factory):
     folder = tmp_path_factory.mktemp("gevent")
 
     def measure_options(name, *options, step="step04_pooling"):
-        return measure(postgres, database_url, options, folder / f"{name}.log", step)
+        async_views = step != "step04_pooling"
+        log_path = folder / f"{name}.log"
+        return measure(postgres, database_url, options, log_path, step, async_views)
 
     yield measure_options
     postgres.drop_database(database_url)
@@ -213,6 +229,12 @@ def with_preload(measure_with):
 def step9_with_preload(measure_with):
     """Measure step 9, Sessions per app context, with --preload."""
     return measure_with("step9_with_preload", "--preload", step="step09_app_context")
+
+
+@pytest.fixture(scope="module")
+def step9_without_preload(measure_with):
+    """Measure step 9 with gevent workers that load the app themselves."""
+    return measure_with("step9_without_preload", step="step09_app_context")
 
 
 @pytest.fixture(scope="module")
@@ -291,3 +313,17 @@ def test_with_preload_step_9_gives_each_request_its_own_session(
     # before patching, its C wait still runs one query at a time.
     assert step9_with_preload.wait == "wait_c", step9_with_preload
     assert step9_with_preload.most_queries_at_once == 1, step9_with_preload
+
+
+def test_step_9s_async_views_run_one_at_a_time_beside_sync_queries_at_once(
+    step9_without_preload, step9_with_preload
+):
+    # async_views.py: one event loop at a time on the worker's thread, so
+    # its async views take turns, while its sync views' queries, which
+    # psycopg waits for cooperatively, run at once. Every request answers.
+    assert step9_without_preload.most_queries_at_once >= 5, step9_without_preload
+    assert step9_without_preload.most_async_queries_at_once == 1, step9_without_preload
+    assert step9_without_preload.errors == [], step9_without_preload.log
+    # Preloaded, psycopg's C wait runs every query one at a time anyway.
+    assert step9_with_preload.most_async_queries_at_once == 1, step9_with_preload
+    assert step9_with_preload.errors == [], step9_with_preload.log

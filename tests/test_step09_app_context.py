@@ -6,12 +6,14 @@ nested in another, a thread the app starts. Streaming holds the Session on
 both; what frees it is a pattern, shown beside the one that holds it.
 """
 
+import asyncio
 import contextlib
 import gc
 import importlib
 import inspect
 import json
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
@@ -155,20 +157,102 @@ def get_at_once_from_threads(url, path, clients=20, requests_each=10):
     return [answer for answers in in_threads(client, clients) for answer in answers]
 
 
+def add_where_it_runs(app):
+    """Add /where-it-runs, an async view that names the thread it runs on;
+    return the event loops it ran in, one per call."""
+    loops = []
+
+    @app.get("/where-it-runs")
+    async def where_it_runs():
+        loops.append(asyncio.get_running_loop())
+        return {"thread": threading.get_ident()}
+
+    return loops
+
+
+def test_an_async_view_runs_on_the_requests_thread_in_an_event_loop_of_its_own(
+    make_app, step
+):
+    app = make_app(step)
+    loops = add_where_it_runs(app)
+    client = app.test_client()
+
+    threads = {client.get("/where-it-runs").get_json()["thread"] for _ in range(3)}
+
+    # async_views.py: the request's thread runs no loop, so the view's runs
+    # there; each call has a loop of its own, closed as the call ends.
+    assert threads == {threading.get_ident()}
+    assert len(set(loops)) == 3
+    assert all(loop.is_closed() for loop in loops)
+
+
+def test_with_flasks_default_an_async_view_runs_on_a_thread_made_for_the_call(
+    make_app,
+):
+    app = make_app(THREAD_SCOPED)
+    loops = add_where_it_runs(app)
+
+    answer = app.test_client().get("/where-it-runs").get_json()
+
+    # asgiref's async_to_sync: a new thread and loop for each call, while
+    # the request's thread waits. What a thread-scoped Session loses.
+    assert answer["thread"] != threading.get_ident()
+    assert loops[0].is_closed()
+
+
+def mixed_requests_over_http(url, clients, requests_each):
+    """Send ``clients`` threads' mixed requests to a server: of each three,
+    one GET /messages (the async view), one POST /messages, one GET of the
+    client's last message. Return every (status, body)."""
+
+    def client(number, stop):
+        answers = []
+        last = 1
+        with requests.Session() as http:
+            for count in range(requests_each):
+                if stop.is_set():
+                    break
+                if count % 3 == 0:
+                    response = http.get(url + "/messages", timeout=30)
+                elif count % 3 == 1:
+                    text = f"client {number}, message {count}"
+                    response = http.post(
+                        url + "/messages", json={"text": text}, timeout=30
+                    )
+                    if response.status_code == 201:
+                        last = response.json()["id"]
+                else:
+                    response = http.get(f"{url}/messages/{last}", timeout=30)
+                answers.append((response.request.method, response.url, response))
+        return answers
+
+    return [answer for answers in in_threads(client, clients) for answer in answers]
+
+
+def serve_under_gevent(app, databases, log_path, *options, step=STEP, env=None):
+    """Start ``app`` (a module:variable) under one gevent worker of 100
+    greenlets, on the step's initialized databases."""
+    initialize_databases(import_step(step).create_app, databases)
+    return Gunicorn(
+        app,
+        [*("--worker-class", "gevent", "--workers", "1"), *options],
+        {**databases, **(env or {})},
+        log_path,
+    )
+
+
 # asgiref's event loop and gevent's greenlets: not the scope's doing, and
-# the same on any database.
+# the same on any database: Flask's default way of running async views.
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite"])
-def test_under_gevent_async_requests_at_once_answer_503_and_sync_ones_succeed(
+def test_without_async_views_py_under_gevent_async_requests_at_once_answer_503(
     databases_for, tmp_path
 ):
-    databases = databases_for(STEP)
-    initialize_databases(import_step(STEP).create_app, databases)
-    with Gunicorn(
-        f"{STEP}.wsgi:app",
-        [*("--worker-class", "gevent", "--workers", "1"), "--worker-connections=50"],
-        databases,
+    with serve_under_gevent(
+        "tests.default_async_app:app",
+        databases_for(STEP),
         tmp_path / "gunicorn.log",
+        "--worker-connections=50",
     ) as gunicorn:
         requests.post(gunicorn.url + "/messages", json={"text": "one"}, timeout=30)
         async_answers = get_at_once_from_threads(gunicorn.url, "/messages")
@@ -187,6 +271,113 @@ def test_under_gevent_async_requests_at_once_answer_503_and_sync_ones_succeed(
         log
     )
     assert {status for status, _ in sync_answers} == {200}
+
+
+# The steps' own async_views.py: each view's loop on a native thread of
+# gevent's pool. The issue's load (12 clients, 40 mixed requests each), on
+# the servers where the failures were seen and on MariaDB.
+GEVENT_CLIENTS = 16
+GEVENT_REQUESTS_EACH = 30
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
+@pytest.mark.parametrize("preload", [False, True], ids=["own-load", "preload"])
+def test_under_gevent_every_request_is_answered_async_views_included(
+    step, backend, preload, databases_for, tmp_path
+):
+    with serve_under_gevent(
+        f"{step}.wsgi:app",
+        databases_for(step),
+        tmp_path / "gunicorn.log",
+        "--worker-connections=100",
+        *(["--preload"] if preload else []),
+        step=step,
+    ) as gunicorn:
+        answers = mixed_requests_over_http(
+            gunicorn.url, GEVENT_CLIENTS, GEVENT_REQUESTS_EACH
+        )
+        log = gunicorn.log()
+
+    failed = [
+        (method, url, response.status_code, response.text[:200])
+        for method, url, response in answers
+        if response.status_code >= 500
+    ]
+    assert failed == [], log[-3000:]
+    assert len(answers) == GEVENT_CLIENTS * GEVENT_REQUESTS_EACH
+    lists = [
+        response
+        for method, url, response in answers
+        if method == "GET" and url.endswith("/messages")
+    ]
+    assert len(lists) == GEVENT_CLIENTS * GEVENT_REQUESTS_EACH // 3
+    assert {response.status_code for response in lists} == {200}
+    assert "AsyncToSync" not in log
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_under_gevent_an_async_view_runs_on_the_workers_thread_and_fails_as_sync_ones(
+    step, databases_for, tmp_path
+):
+    with serve_under_gevent(
+        "tests.gevent_app:app",
+        databases_for(step),
+        tmp_path / "gunicorn.log",
+        step=step,
+        env={"GEVENT_APP_STEP": step},
+    ) as gunicorn:
+        where = requests.get(gunicorn.url + "/gevent/async-thread", timeout=30).json()
+        failed = requests.get(gunicorn.url + "/gevent/async-fails", timeout=30)
+        not_found = requests.get(
+            gunicorn.url + "/gevent/async-fails?status=404", timeout=30
+        )
+
+    # The worker's main thread (its native id is the process's), where the
+    # hub runs the greenlets and made their pooled connections.
+    assert where["native_thread"] == where["pid"]
+    # What the view raised reaches the app's error handlers, as a sync
+    # view's would: a 503 that names the error, and an abort()'s 404.
+    assert failed.status_code == 503
+    assert failed.json() == {"error": "request failed (RuntimeError): try again"}
+    assert not_found.status_code == 404
+    assert not_found.headers["Content-Type"] == "application/json"
+
+
+# Why not a thread of gevent's pool, where each loop would run apart and
+# concurrently: gevent's sockets belong to the thread that made them.
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["mariadb"])
+def test_under_gevent_on_a_native_thread_pymysqls_pooled_connections_fail(
+    databases_for, tmp_path
+):
+    with serve_under_gevent(
+        "tests.native_thread_async_app:app",
+        databases_for(STEP),
+        tmp_path / "gunicorn.log",
+        "--worker-connections=100",
+    ) as gunicorn:
+        answers = mixed_requests_over_http(
+            gunicorn.url, GEVENT_CLIENTS, GEVENT_REQUESTS_EACH
+        )
+        log = gunicorn.log()
+
+    # A connection that a greenlet opened on the worker's thread, then used
+    # by a view's loop on another: greenlet refuses to switch to the hub of
+    # a thread that is not the current one. The app answers 503, not 500.
+    failed = [
+        (method, urlsplit(url).path, response.status_code)
+        for method, url, response in answers
+        if response.status_code >= 500
+    ]
+    assert {status for _, _, status in failed} == {503}, log[-3000:]
+    # Both ways: the async views' reads, and the sync views that later draw
+    # a connection one of gevent's threads opened.
+    async_reads = [answer for answer in failed if answer[:2] == ("GET", "/messages")]
+    assert async_reads
+    assert len(async_reads) < len(failed)
+    assert "greenlet.error: Cannot switch to a different thread" in log
 
 
 def test_in_the_articles_app_an_async_view_runs_the_pool_dry_with_a_500(tmp_path):
