@@ -158,8 +158,9 @@ def goals(results):
     for backend in results["backends"]:
         for way in ("threads", "gevent"):
             timed = backend[way]
-            ratio = timed[ASYNC_VIEWS]["µs per request"] / (
-                timed[DEFAULT]["µs per request"]
+            ratio = (
+                timed[ASYNC_VIEWS]["µs per request"]
+                / (timed[DEFAULT]["µs per request"])
             )
             rows.append(
                 {
