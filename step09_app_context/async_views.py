@@ -30,14 +30,38 @@ class Flask(flask.Flask):
                 # event loop"). Each waits its turn, and the other greenlets,
                 # sync views included, run meanwhile.
                 with turn_to_run_an_event_loop():
-                    return asyncio.run(coroutine)
+                    return run_in_a_loop_of_its_own(coroutine)
             # A server's thread runs one request at a time and no loop: the
             # view's loop runs there, with the request's context variables,
             # as a sync view would. Flask's default (asgiref's) makes a
             # thread for each call and waits for it.
-            return asyncio.run(coroutine)
+            return run_in_a_loop_of_its_own(coroutine)
 
         return run
+
+
+def run_in_a_loop_of_its_own(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Run the coroutine to its end in a new event loop, then close it."""
+    # asyncio.run() less one thing: on a process's main thread it sets a
+    # SIGINT handler of Python's for the call, and under uWSGI, whose
+    # workers serve on their main thread too, that handler stays in place
+    # of uWSGI's own, so that its workers no longer stop on SIGINT
+    # (tests/test_step09_app_context.py).
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        try:
+            # What the view started and left running is cancelled, as
+            # asyncio.run() does, rather than destroyed while pending.
+            left = asyncio.all_tasks(loop)
+            for task in left:
+                task.cancel()
+            if left:
+                loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
 
 
 def greenlets_share_this_thread() -> bool:

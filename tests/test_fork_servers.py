@@ -14,8 +14,6 @@ started here with its defaults, which is why the check is by pid.
 
 import multiprocessing
 import os
-import signal
-import subprocess
 import sys
 
 import pytest
@@ -23,13 +21,11 @@ from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy import text
 
-from testbed import ROOT
 from testbed.load import send_load
-from testbed.loopback import free_port
 from testbed.loopback import wait_for_http
-from testbed.stopping import stop_process
 
-from .preloading import preloaded_environment
+from .preloading import serve_under_uwsgi
+from .preloading import stop_uwsgi
 from .steps import import_step
 from .steps import served
 from .steps import steps_from
@@ -37,10 +33,6 @@ from .steps import steps_from
 pytestmark = pytest.mark.slow
 
 STEPS_WITH_POOL_OWNER = steps_from("step04_pooling")
-# uWSGI as readers start it: a master that loads the app, 3 processes of
-# 4 threads, and nothing else changed.
-UWSGI_PROCESSES = 3
-UWSGI_THREADS = 4
 # The load: 12 clients of 25 writes each, spread over the workers.
 CLIENTS = 12
 REQUESTS_EACH = 25
@@ -62,30 +54,6 @@ def server_session_of(server, backend_pid):
             ),
             {"pid": backend_pid},
         ).one()
-
-
-def serve_under_uwsgi(step, databases, pid_file):
-    """Start uWSGI with its defaults on the preloaded step; return it and its URL."""
-    port = free_port()
-    uwsgi = subprocess.Popen(
-        [
-            # pyuwsgi's program, in the same environment as this Python.
-            *(os.path.join(os.path.dirname(sys.executable), "uwsgi"), "--master"),
-            *("--processes", str(UWSGI_PROCESSES), "--threads", str(UWSGI_THREADS)),
-            *("--http-socket", f"127.0.0.1:{port}", "--disable-logging"),
-            *("--module", "tests.preloaded_app:app"),
-        ],
-        cwd=ROOT,
-        env=preloaded_environment(databases, pid_file, step),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    return uwsgi, f"http://127.0.0.1:{port}"
-
-
-def stop_uwsgi(uwsgi):
-    """Stop uWSGI: SIGINT ends the master and its workers (SIGTERM reloads)."""
-    stop_process(uwsgi, signal.SIGINT)
 
 
 # Step 3, the failing variant; step 4, whose concept this is; step 6, the

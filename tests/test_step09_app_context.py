@@ -12,6 +12,7 @@ import gc
 import importlib
 import inspect
 import json
+import signal
 import socket
 import threading
 import time
@@ -32,10 +33,13 @@ from sqlalchemy.orm import scoped_session
 from sqlalchemy.orm import sessionmaker
 
 from testbed.gunicorn import Gunicorn
+from testbed.loopback import wait_for_http
 from testbed.step_apps import initialize_databases
 from testbed.threads import in_threads
 from testbed.threads import run_in_new_thread
 
+from .preloading import serve_under_uwsgi
+from .preloading import stop_uwsgi
 from .steps import SMALL_POOL
 from .steps import STEPS_WITH_APP_CONTEXT_SCOPE
 from .steps import import_step
@@ -186,6 +190,22 @@ def test_an_async_view_runs_on_the_requests_thread_in_an_event_loop_of_its_own(
     assert all(loop.is_closed() for loop in loops)
 
 
+def test_what_an_async_view_leaves_running_is_cancelled_as_its_loop_ends(
+    make_app, step
+):
+    app = make_app(step)
+    left = []
+
+    @app.get("/leaves-a-task")
+    async def leaves_a_task():
+        left.append(asyncio.get_running_loop().create_task(asyncio.sleep(60)))
+        return {"left": "a task"}
+
+    assert app.test_client().get("/leaves-a-task").status_code == 200
+    # As asyncio.run() would: cancelled, not destroyed while pending.
+    assert left[0].cancelled()
+
+
 def test_with_flasks_default_an_async_view_runs_on_a_thread_made_for_the_call(
     make_app,
 ):
@@ -203,27 +223,27 @@ def test_with_flasks_default_an_async_view_runs_on_a_thread_made_for_the_call(
 def mixed_requests_over_http(url, clients, requests_each):
     """Send ``clients`` threads' mixed requests to a server: of each three,
     one GET /messages (the async view), one POST /messages, one GET of the
-    client's last message. Return every (status, body)."""
+    client's last message. Each on a connection of its own, as uWSGI's
+    http-socket keeps none open. Return every (method, URL, response)."""
 
     def client(number, stop):
         answers = []
         last = 1
-        with requests.Session() as http:
-            for count in range(requests_each):
-                if stop.is_set():
-                    break
-                if count % 3 == 0:
-                    response = http.get(url + "/messages", timeout=30)
-                elif count % 3 == 1:
-                    text = f"client {number}, message {count}"
-                    response = http.post(
-                        url + "/messages", json={"text": text}, timeout=30
-                    )
-                    if response.status_code == 201:
-                        last = response.json()["id"]
-                else:
-                    response = http.get(f"{url}/messages/{last}", timeout=30)
-                answers.append((response.request.method, response.url, response))
+        for count in range(requests_each):
+            if stop.is_set():
+                break
+            if count % 3 == 0:
+                response = requests.get(url + "/messages", timeout=30)
+            elif count % 3 == 1:
+                text = f"client {number}, message {count}"
+                response = requests.post(
+                    url + "/messages", json={"text": text}, timeout=30
+                )
+                if response.status_code == 201:
+                    last = response.json()["id"]
+            else:
+                response = requests.get(f"{url}/messages/{last}", timeout=30)
+            answers.append((response.request.method, response.url, response))
         return answers
 
     return [answer for answers in in_threads(client, clients) for answer in answers]
@@ -277,7 +297,7 @@ def test_without_async_views_py_under_gevent_async_requests_at_once_answer_503(
 # gevent's pool. The issue's load (12 clients, 40 mixed requests each), on
 # the servers where the failures were seen and on MariaDB.
 GEVENT_CLIENTS = 16
-GEVENT_REQUESTS_EACH = 30
+GEVENT_REQUESTS_EACH = 15
 
 
 @pytest.mark.slow
@@ -343,6 +363,74 @@ def test_under_gevent_an_async_view_runs_on_the_workers_thread_and_fails_as_sync
     assert failed.json() == {"error": "request failed (RuntimeError): try again"}
     assert not_found.status_code == 404
     assert not_found.headers["Content-Type"] == "application/json"
+
+
+# And with threads: each request's thread runs its view's loop.
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["postgresql"])
+@pytest.mark.parametrize("server", ["gunicorn-gthread", "uwsgi"])
+def test_under_threads_every_request_is_answered_async_views_included(
+    step, server, databases_for, tmp_path
+):
+    databases = databases_for(step)
+    initialize_databases(import_step(step).create_app, databases)
+    with contextlib.ExitStack() as stack:
+        if server == "uwsgi":
+            # Its defaults, 3 processes of 4 threads, the app preloaded.
+            uwsgi, url = serve_under_uwsgi(step, databases, tmp_path / "pid")
+            stack.callback(stop_uwsgi, uwsgi)
+            wait_for_http(url, uwsgi)
+        else:
+            # 2 workers of 4 threads, each loading the app itself.
+            options = ["--worker-class", "gthread", "--workers", "2", "--threads", "4"]
+            gunicorn = Gunicorn(f"{step}.wsgi:app", options, databases)
+            url = stack.enter_context(gunicorn).url
+        answers = mixed_requests_over_http(url, GEVENT_CLIENTS, GEVENT_REQUESTS_EACH)
+
+    assert len(answers) == GEVENT_CLIENTS * GEVENT_REQUESTS_EACH
+    assert [
+        (method, url, response.status_code)
+        for method, url, response in answers
+        if response.status_code >= 500
+    ] == []
+    lists = [
+        response.status_code
+        for method, url, response in answers
+        if method == "GET" and urlsplit(url).path == "/messages"
+    ]
+    assert lists == [200] * (GEVENT_CLIENTS * GEVENT_REQUESTS_EACH // 3)
+
+
+# uWSGI serves on each worker's main thread too, where asyncio.run() sets a
+# SIGINT handler of Python's for the call: it stays in place of uWSGI's.
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize(
+    ("module", "stops"),
+    [
+        (f"{STEP}.wsgi:app", True),
+        ("tests.asyncio_run_app:app", False),
+    ],
+    ids=["async_views.py", "asyncio.run"],
+)
+def test_under_uwsgi_a_worker_that_ran_an_async_view_still_stops_on_sigint(
+    module, stops, databases_for, tmp_path
+):
+    databases = databases_for(STEP)
+    initialize_databases(import_step(STEP).create_app, databases)
+    # One worker, no threads: the request runs on the worker's main thread.
+    uwsgi, url = serve_under_uwsgi(
+        STEP, databases, tmp_path / "pid", module=module, threads=False
+    )
+    try:
+        wait_for_http(url, uwsgi)
+        assert requests.get(url + "/messages", timeout=30).status_code == 200
+    finally:
+        # uWSGI's master waits for its workers; a worker that ignores
+        # SIGINT keeps it waiting until it is killed.
+        ended = stop_uwsgi(uwsgi, seconds=5)
+
+    assert (ended != -signal.SIGKILL) == stops
 
 
 # Why not a thread of gevent's pool, where each loop would run apart and
