@@ -72,7 +72,7 @@ def engine_options(pattern: str, app_options: Mapping[str, Any]) -> dict[str, An
     return {name: value for name, value in options.items() if value is not None}
 
 
-def make_runner(config: Mapping[str, Any]) -> loops.Runner:
+def make_runner(config: Mapping[str, Any], counts: monitor.Counts) -> loops.Runner:
     """Return the runner of the configured ASYNC_PATTERN, with its engines."""
     pattern = config["ASYNC_PATTERN"]
     if pattern not in PATTERNS:
@@ -84,7 +84,7 @@ def make_runner(config: Mapping[str, Any]) -> loops.Runner:
 
     def make_engine() -> AsyncEngine:
         engine = create_async_engine(url, **options)
-        monitor.count_connections(engine)
+        monitor.count_connections(engine, counts)
         return engine
 
     if pattern == "one-loop":
@@ -133,7 +133,8 @@ class AsyncSessionFlask(Flask):
 
 def init_app(app: Flask) -> None:
     """Give the app its runner and engines, a teardown, and the CLI."""
-    app.extensions["async_runner"] = make_runner(app.config)
+    counts = app.extensions["async_counts"] = monitor.Counts()
+    app.extensions["async_runner"] = make_runner(app.config, counts)
     # Without it, a pattern whose loops outlive the call would keep the app
     # context's AsyncSession, and its connection, after the request.
     app.teardown_appcontext(end_session)
@@ -159,7 +160,7 @@ def get_session() -> AsyncSession:
         session = AsyncSession(runner.engine(), expire_on_commit=False)
         held = HeldSession(session, loop)
         setattr(g, SESSION_KEY, held)
-        monitor.count("sessions_opened")
+        current_app.extensions["async_counts"].count("sessions_opened")
     elif held.loop is not loop:
         # Its connection is the other loop's: using it here would fail.
         raise RuntimeError("this app context's AsyncSession is another loop's")
@@ -173,7 +174,7 @@ async def close_session() -> None:
         return
     if held.loop is not asyncio.get_running_loop():
         # Never, if the runner is right: say so rather than hang or leak.
-        monitor.count("sessions_closed")
+        current_app.extensions["async_counts"].count("sessions_closed")
         raise RuntimeError("the AsyncSession must be closed on its own loop")
     try:
         # Rolls back what was not committed, and gives the connection back.
@@ -183,7 +184,7 @@ async def close_session() -> None:
         # into a 500, and SQLAlchemy has discarded the connection.
         current_app.logger.warning("closing the AsyncSession failed", exc_info=error)
     finally:
-        monitor.count("sessions_closed")
+        current_app.extensions["async_counts"].count("sessions_closed")
 
 
 def end_session(exception: BaseException | None = None) -> None:

@@ -13,31 +13,35 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.pool import QueuePool
 
-# Counts by process and native thread: each thread adds to its own Counter
-# only, so no lock is needed (under gevent, a lock made by a greenlet is
-# not one a native thread may take), and a forked child's start at zero.
-_counts: dict[tuple[int, int], Counter[str]] = {}
+
+class Counts:
+    """Counts of what an app's pools and sessions did, in this process."""
+
+    def __init__(self) -> None:
+        # By process and native thread: each thread adds to its own Counter
+        # only, so no lock is needed (under gevent, a lock a greenlet made
+        # is not one a native thread may take), and a forked child starts
+        # at zero.
+        self._counts: dict[tuple[int, int], Counter[str]] = {}
+
+    def count(self, name: str) -> None:
+        """Add one to a count of this process."""
+        key = (os.getpid(), threading.get_native_id())
+        if key not in self._counts:
+            self._counts[key] = Counter()
+        self._counts[key][name] += 1
+
+    def totals(self) -> Counter[str]:
+        """Return this process's counts, every thread's added up."""
+        total: Counter[str] = Counter()
+        pid = os.getpid()
+        for (process, _), each in list(self._counts.items()):
+            if process == pid:
+                total.update(each)
+        return total
 
 
-def count(name: str) -> None:
-    """Add one to a count of this process."""
-    key = (os.getpid(), threading.get_native_id())
-    if key not in _counts:
-        _counts[key] = Counter()
-    _counts[key][name] += 1
-
-
-def counts() -> Counter[str]:
-    """Return this process's counts, every thread's added up."""
-    total: Counter[str] = Counter()
-    pid = os.getpid()
-    for (process, _), each in list(_counts.items()):
-        if process == pid:
-            total.update(each)
-    return total
-
-
-def count_connections(engine: AsyncEngine) -> None:
+def count_connections(engine: AsyncEngine, counts: Counts) -> None:
     """Count what the engine's pool does with its connections."""
 
     def on(name: str) -> None:
@@ -46,7 +50,7 @@ def count_connections(engine: AsyncEngine) -> None:
             entry: ConnectionPoolEntry,
             proxy: PoolProxiedConnection | None = None,
         ) -> None:
-            count(name)
+            counts.count(name)
 
         event.listen(engine.sync_engine, name, listener)
 
@@ -70,7 +74,7 @@ def pool_status() -> dict[str, Any]:
     runner = current_app.extensions["async_runner"]
     runner.claim()
     engines = runner.engines()
-    total = counts()
+    total = current_app.extensions["async_counts"].totals()
     return {
         "pattern": current_app.config["ASYNC_PATTERN"],
         # None until a loop-per-thread app has made its first engine.
