@@ -36,14 +36,15 @@ STRIP_NOTEBOOKS := $(BIN)/nbstripout --extra-keys metadata.language_info
 
 # setuptools explains editable installs at length on every install: advice,
 # not a failure, but alarming to a newcomer, so its warnings are silenced.
-# A new step is a new package: the editable install must learn of it too.
-$(INSTALLED): pyproject.toml $(wildcard step[0-9][0-9]_*/__init__.py)
+# A new step is a new package: the editable install must learn of it too, and
+# of the AsyncSession example beside the steps.
+$(INSTALLED): pyproject.toml $(wildcard step[0-9][0-9]_*/__init__.py) async_session/__init__.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-# One extra of pyproject.toml's: test, notebooks or bench.
+# One extra of pyproject.toml's: test, notebooks, bench or async.
 .PRECIOUS: $(VENV)/.installed-%
 $(VENV)/.installed-%: $(INSTALLED)
 	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -e '.[$*]'
@@ -52,6 +53,10 @@ $(VENV)/.installed-%: $(INSTALLED)
 SERVE_STEP = $(BIN)/flask --app $(STEP) init-db && $(BIN)/flask --app $(STEP) run --port $(PORT)
 
 run: $(INSTALLED)
+ifeq ($(STEP),async_session)
+	# The example's async drivers: pyproject.toml's extra "async".
+	$(MAKE) --no-print-directory $(VENV)/.installed-async
+endif
 ifeq ($(DB),postgresql)
 	$(BIN)/python -m testbed.postgres sh -c '$(SERVE_STEP)'
 else ifeq ($(DB),pgbouncer)
@@ -70,13 +75,14 @@ test: $(TEST_INSTALLED)
 	$(BIN)/pytest -n $(TEST_WORKERS) --maxschedchunk 2 $(PYTEST_ARGS)
 
 # Every step package, typed as a reader's editor needs: mypy --strict checks
-# each one, a new step too, by existing.
+# each one, a new step too, by existing; and the AsyncSession example.
 STEP_PACKAGES := $(dir $(wildcard step[0-9][0-9]_*/__init__.py))
+EXAMPLE_PACKAGES := async_session/
 
 lint: $(TEST_INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy --strict $(STEP_PACKAGES)
+	$(BIN)/mypy --strict $(STEP_PACKAGES) $(EXAMPLE_PACKAGES)
 	$(STRIP_NOTEBOOKS) --verify notebooks/*.ipynb
 
 # JupyterLab listens on loopback only; it refuses to run as root unless told.

@@ -47,6 +47,7 @@ PAGES = sorted(
     for path in [
         ROOT / "README.md",
         *ROOT.glob("step[0-9][0-9]_*/README.md"),
+        ROOT / "async_session" / "README.md",
         *ROOT.glob("docs/*.md"),
     ]
 )

@@ -149,3 +149,19 @@ def test_neighbouring_steps_differ_in_little_but_their_concept(before, after):
     )
 
     assert changed_lines(before, after) <= most
+
+
+# The top-level packages that are not steps: the AsyncSession example,
+# beside the steps but not one of them (no number, no diff with a
+# neighbour), and the tooling.
+NOT_STEPS = {"async_session", "bench", "testbed", "tests"}
+
+
+def test_every_top_level_package_is_a_step_or_a_named_other():
+    packages = {path.parent.name for path in ROOT.glob("*/__init__.py")}
+
+    assert packages == set(STEPS) | NOT_STEPS
+    # A step's name is numbered; the example's is not, so no step test,
+    # neighbour's diff or shared file check takes it for one.
+    assert "async_session" not in STEPS
+    assert all(step[:4] == "step" and step[4:6].isdigit() for step in STEPS)

@@ -60,11 +60,15 @@ def lint_mypy_arguments():
     return shlex.split(command)[1:]
 
 
+# Checked as the steps are: the AsyncSession example, beside them.
+EXAMPLES = ["async_session"]
+
+
 def test_make_lint_runs_mypy_strict_on_every_step_package_and_it_passes():
     arguments = lint_mypy_arguments()
     files = [
         path
-        for step in STEPS
+        for step in STEPS + EXAMPLES
         for path in (ROOT / step).rglob("*.py")
         if "__pycache__" not in path.parts
     ]
@@ -73,7 +77,9 @@ def test_make_lint_runs_mypy_strict_on_every_step_package_and_it_passes():
 
     assert arguments[0] == "--strict"
     # A glob, so that a new step is checked by existing.
-    assert sorted(argument.rstrip("/") for argument in arguments[1:]) == STEPS
+    assert sorted(argument.rstrip("/") for argument in arguments[1:]) == sorted(
+        STEPS + EXAMPLES
+    )
     # Every file of every step: its tests' and helpers' modules too.
     assert report == [f"Success: no issues found in {len(files)} source files"]
     assert status == 0
