@@ -15,11 +15,13 @@ Each answers ``GET /read`` with ``{"one": 1}``, or a 500 whose JSON names the
 exception as ``module.Class: message``, and ``GET /pool`` with what its
 engine's events counted in this process: connections opened, and checked
 out now. Under gunicorn, ``app`` is built from ASYNC_APP (engine or lite),
-ASYNC_DATABASE_URL and ASYNC_POOL (queue, the default pool, or null).
+ASYNC_DATABASE_URL, ASYNC_POOL (queue, the default pool, or null) and, for
+the engine app, ASYNC_FIRST_CONNECT_SECONDS.
 """
 
 import asyncio
 import os
+import time
 
 from flask import Flask
 from sqlalchemy import event
@@ -78,13 +80,21 @@ def add_routes(app, engine, read):
     return app
 
 
-def engine_app(url, hold_seconds=0.0, **engine_options):
+def engine_app(url, hold_seconds=0.0, first_connect_seconds=0.0, **engine_options):
     """Return an app with an AsyncEngine of its own and an async view; with
-    ``hold_seconds``, the view keeps its connection that long after reading."""
+    ``hold_seconds``, the view keeps its connection that long after reading;
+    with ``first_connect_seconds``, the engine's first connection takes that
+    much longer, as one over TLS to a distant server may."""
     app = Flask("async_engine_app")
     # One engine, and its pool, for the app's life: made here, used by
     # every request's event loop.
     engine = create_async_engine(url, **engine_options)
+    if first_connect_seconds:
+        event.listen(
+            engine.sync_engine,
+            "first_connect",
+            lambda *args: time.sleep(first_connect_seconds),
+        )
 
     async def read():
         async with AsyncSession(engine) as session:
@@ -102,9 +112,7 @@ def lite_app(url, close_in_view=False, **engine_options):
     from flask_sqlalchemy_lite import SQLAlchemy
 
     app = Flask("lite_async_app")
-    app.config["SQLALCHEMY_ASYNC_ENGINES"] = {
-        "default": {"url": url, **engine_options}
-    }
+    app.config["SQLALCHEMY_ASYNC_ENGINES"] = {"default": {"url": url, **engine_options}}
     db = SQLAlchemy(app)
     with app.app_context():
         engine = db.async_engine
@@ -122,6 +130,8 @@ def from_environment():
     """Build the app that ASYNC_APP, ASYNC_DATABASE_URL and ASYNC_POOL name."""
     make = {"engine": engine_app, "lite": lite_app}[os.environ["ASYNC_APP"]]
     options = {"poolclass": NullPool} if os.environ.get("ASYNC_POOL") == "null" else {}
+    if seconds := os.environ.get("ASYNC_FIRST_CONNECT_SECONDS"):
+        options["first_connect_seconds"] = float(seconds)
     return make(os.environ["ASYNC_DATABASE_URL"], **options)
 
 

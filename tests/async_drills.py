@@ -12,12 +12,15 @@ import sys
 import warnings
 from contextlib import contextmanager
 
+import requests
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from testbed.fork import in_forked_child
+from testbed.gunicorn import Gunicorn
 from testbed.mariadb import HOW_TO_GET_MARIADB
 from testbed.postgres import HOW_TO_GET_POSTGRES
+from testbed.threads import in_threads
 
 from .conftest import skip_or_fail
 
@@ -60,7 +63,9 @@ class AsyncDatabase:
         if self.server is None:
             raise ValueError("a SQLite file has no server")
         if self.driver == "aiomysql":
-            query = "SELECT count(*) FROM information_schema.processlist WHERE db = :name"
+            query = (
+                "SELECT count(*) FROM information_schema.processlist WHERE db = :name"
+            )
         else:
             query = "SELECT count(*) FROM pg_stat_activity WHERE datname = :name"
         engine = self.server.admin_engine()
@@ -204,3 +209,45 @@ def drill(send, app, database):
 def server_count(database):
     """Return the server's count of connections, or None for a SQLite file."""
     return None if database.server is None else database.server_connections()
+
+
+def serve(app, database, log_path, *options, pool="queue", **env):
+    """Return gunicorn, not yet started, serving tests/async_apps.py's
+    ``app`` ("engine" or "lite") on the database, with ``options``, and
+    more of the app's environment in ``env``."""
+    return Gunicorn(
+        "tests.async_apps:app",
+        ["--workers", "1", *options],
+        {
+            "ASYNC_APP": app,
+            "ASYNC_DATABASE_URL": database.url,
+            "ASYNC_POOL": pool,
+            **env,
+        },
+        log_path,
+    )
+
+
+def get_from_clients(url, clients, requests_each, timeout=30):
+    """Send GET requests from ``clients`` threads, each one after another;
+    return every answer as [status, the JSON error or None], or
+    [None, "no answer"] for a request unanswered after ``timeout`` seconds,
+    which ends its client."""
+
+    def client(number, stop):
+        answers = []
+        with requests.Session() as http:
+            for _ in range(requests_each):
+                if stop.is_set():
+                    break
+                try:
+                    response = http.get(url, timeout=timeout)
+                except requests.Timeout:
+                    answers.append([None, "no answer"])
+                    break
+                is_json = response.headers.get("Content-Type") == "application/json"
+                error = response.json().get("error") if is_json else None
+                answers.append([response.status_code, error])
+        return answers
+
+    return [answer for answers in in_threads(client, clients) for answer in answers]

@@ -20,7 +20,6 @@ import pytest
 import requests
 from sqlalchemy.pool import NullPool
 
-from testbed.gunicorn import Gunicorn
 from testbed.threads import in_threads
 
 from .async_apps import engine_app
@@ -30,6 +29,8 @@ from .async_drills import REQUESTS
 from .async_drills import async_database
 from .async_drills import drill
 from .async_drills import get_each
+from .async_drills import get_from_clients
+from .async_drills import serve
 
 # What each error starts and ends with; between them, asyncio's repr of the
 # task, with its number and the path of asgiref's sync.py.
@@ -57,6 +58,10 @@ AIOMYSQL_DIFFERENT_LOOP = re.compile(
 QUEUE_ON_ANOTHER_LOOP = re.compile(
     r"builtins\.RuntimeError: <Queue at 0x[0-9a-f]+ maxsize=1 _getters\[\d+\]>"
     r" is bound to a different event loop"
+)
+LOCK_ON_ANOTHER_LOOP = (
+    "builtins.RuntimeError: <asyncio.locks.Lock object at 0x… [locked, waiters:1]>"
+    " is bound to a different event loop"
 )
 GC_NON_CHECKED_IN = re.compile(
     r"SAWarning: The garbage collector is trying to clean up non-checked-in"
@@ -138,7 +143,9 @@ def test_psycopg_and_aiosqlite_serve_one_request_after_another_on_new_loops(
     # asks for the running loop at each wait, aiosqlite runs SQLite in a
     # thread of its own.
     report = drill(
-        lambda app: get_each(app, count=3 * REQUESTS), engine_app(database.url), database
+        lambda app: get_each(app, count=3 * REQUESTS),
+        engine_app(database.url),
+        database,
     )
 
     assert report["answers"] == [[200, None]] * (3 * REQUESTS)
@@ -185,3 +192,100 @@ def test_null_pool_serves_every_request_with_a_connection_of_its_own(database):
     if database.server is not None:
         assert report["server"] == 0
     assert report["said"] == [], report["said"]
+
+
+# Under gunicorn's threaded worker: one process, THREADS threads, each
+# request's async view on a loop of its own all the same.
+THREADS = 4
+# How long a client waits for an answer before it calls the request hung.
+HANG_SECONDS = 2
+GTHREAD = ("--worker-class", "gthread", "--threads", str(THREADS))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database", ["asyncpg"], indirect=True)
+def test_under_gunicorn_gthread_asyncpg_fails_after_the_first_request(
+    database, tmp_path
+):
+    with serve("engine", database, tmp_path / "gunicorn.log", *GTHREAD) as gunicorn:
+        answers = get_from_clients(gunicorn.url + "/read", 1, 12)
+        pool = requests.get(gunicorn.url + "/pool", timeout=30).json()
+        server = database.server_connections()
+
+    statuses = [status for status, _ in answers]
+    assert statuses == [200] + [500] * 11, gunicorn.log()
+    assert ASYNCPG_DIFFERENT_LOOP.fullmatch(answers[1][1]), answers[1]
+    for _, error in answers[2:]:
+        assert error.startswith(ASYNCPG_IN_PROGRESS), error
+    assert (pool["opened"], pool["checked_out"], server) == (1, 0, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database", ["psycopg"], indirect=True)
+def test_under_gunicorn_gthread_psycopg_serves_hundreds_of_requests(database, tmp_path):
+    # As many clients as threads: no request ever waits for a connection.
+    # One request first, alone: see the test after next.
+    with serve("engine", database, tmp_path / "gunicorn.log", *GTHREAD) as gunicorn:
+        assert get_from_clients(gunicorn.url + "/read", 1, 1) == [[200, None]]
+        answers = get_from_clients(gunicorn.url + "/read", THREADS, 75)
+        pool = requests.get(gunicorn.url + "/pool", timeout=30).json()
+        server = database.server_connections()
+
+    assert answers == [[200, None]] * (THREADS * 75), gunicorn.log()
+    assert pool["checked_out"] == 0
+    assert 1 <= pool["opened"] <= THREADS
+    assert server == pool["opened"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database", ["asyncpg"], indirect=True)
+def test_under_gunicorn_gthread_null_pool_opens_one_connection_per_request(
+    database, tmp_path
+):
+    log_path = tmp_path / "gunicorn.log"
+    with serve("engine", database, log_path, *GTHREAD, pool="null") as gunicorn:
+        assert get_from_clients(gunicorn.url + "/read", 1, 1) == [[200, None]]
+        answers = get_from_clients(gunicorn.url + "/read", THREADS, 25)
+        pool = requests.get(gunicorn.url + "/pool", timeout=30).json()
+        server = database.server_connections()
+
+    assert answers == [[200, None]] * (THREADS * 25), gunicorn.log()
+    assert (pool["opened"], pool["checked_out"], server) == (THREADS * 25 + 1, 0, 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("database", "pool"),
+    [("psycopg", "queue"), ("asyncpg", "null")],
+    indirect=["database"],
+)
+def test_under_gunicorn_gthread_the_first_requests_at_once_hang(
+    database, pool, tmp_path
+):
+    # The engine's first connection runs its "first_connect" event under a
+    # lock that is asyncio's (AsyncAdaptedLock). Here it takes 200 ms more,
+    # so that the other requests come meanwhile: the first to wait binds
+    # the lock to its loop and is never woken when another thread releases
+    # it, and no timeout ends its wait (gunicorn's graceful stop ends the
+    # worker); the others, on loops of their own, fail at once.
+    options = (*GTHREAD, "--graceful-timeout", "1")
+    log_path = tmp_path / "gunicorn.log"
+    with serve(
+        "engine",
+        database,
+        log_path,
+        *options,
+        pool=pool,
+        ASYNC_FIRST_CONNECT_SECONDS="0.2",
+    ) as gunicorn:
+        answers = get_from_clients(
+            gunicorn.url + "/read", THREADS, 1, timeout=HANG_SECONDS
+        )
+
+    answers = [
+        [status, re.sub(r"0x[0-9a-f]+", "0x…", error or "") or None]
+        for status, error in answers
+    ]
+    assert sorted(answers, key=str) == sorted(
+        [[200, None], [None, "no answer"], *[[500, LOCK_ON_ANOTHER_LOOP]] * 2], key=str
+    ), answers
