@@ -9,6 +9,7 @@ MariaDB.
 import gc
 import logging
 import sys
+import time
 import warnings
 from contextlib import contextmanager
 
@@ -59,19 +60,27 @@ class AsyncDatabase:
         self.name = make_url(self.url).database
 
     def server_connections(self):
-        """Return how many connections the server has open to the database."""
+        """Return how many connections the server has open to the database,
+        once the count stops falling: a server process outlives its
+        client's goodbye by a few milliseconds."""
         if self.server is None:
             raise ValueError("a SQLite file has no server")
         if self.driver == "aiomysql":
-            query = (
-                "SELECT count(*) FROM information_schema.processlist WHERE db = :name"
-            )
+            query = "SELECT count(*) FROM information_schema.processlist"
+            query += " WHERE db = :name"
         else:
             query = "SELECT count(*) FROM pg_stat_activity WHERE datname = :name"
         engine = self.server.admin_engine()
         try:
             with engine.connect() as connection:
-                return connection.execute(text(query), {"name": self.name}).scalar()
+                count = connection.execute(text(query), {"name": self.name}).scalar()
+                for _ in range(40):
+                    time.sleep(0.05)
+                    again = connection.execute(text(query), {"name": self.name})
+                    previous, count = count, again.scalar()
+                    if count >= previous:
+                        break
+                return count
         finally:
             engine.dispose()
 

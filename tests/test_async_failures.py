@@ -23,7 +23,6 @@ from sqlalchemy.pool import NullPool
 from testbed.threads import in_threads
 
 from .async_apps import engine_app
-from .async_apps import engine_of
 from .async_drills import DRIVERS
 from .async_drills import REQUESTS
 from .async_drills import async_database
