@@ -244,12 +244,12 @@ def test_under_gunicorn_gthread_null_pool_opens_one_connection_per_request(
     log_path = tmp_path / "gunicorn.log"
     with serve("engine", database, log_path, *GTHREAD, pool="null") as gunicorn:
         assert get_from_clients(gunicorn.url + "/read", 1, 1) == [[200, None]]
-        answers = get_from_clients(gunicorn.url + "/read", THREADS, 25)
+        answers = get_from_clients(gunicorn.url + "/read", THREADS, 10)
         pool = requests.get(gunicorn.url + "/pool", timeout=30).json()
         server = database.server_connections()
 
-    assert answers == [[200, None]] * (THREADS * 25), gunicorn.log()
-    assert (pool["opened"], pool["checked_out"], server) == (THREADS * 25 + 1, 0, 0)
+    assert answers == [[200, None]] * (THREADS * 10), gunicorn.log()
+    assert (pool["opened"], pool["checked_out"], server) == (THREADS * 10 + 1, 0, 0)
 
 
 @pytest.mark.slow
