@@ -44,6 +44,12 @@ $(INSTALLED): pyproject.toml $(wildcard step[0-9][0-9]_*/__init__.py) async_sess
 	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -e .
 	touch $@
 
+# The test extra includes the async one: installed with it, so that make run
+# STEP=async_session installs nothing more (its Try it runs in the suite).
+$(TEST_INSTALLED): $(INSTALLED)
+	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed-async
+
 # One extra of pyproject.toml's: test, notebooks, bench or async.
 .PRECIOUS: $(VENV)/.installed-%
 $(VENV)/.installed-%: $(INSTALLED)

@@ -141,8 +141,24 @@ class PerCallLoop(Runner):
 
     def run_here(self, function: CoroutineFunction[T]) -> T:
         """Run a coroutine on a new event loop in this thread, then close it."""
-        with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            return runner.run(function())
+        # As asyncio.run() does, less its SIGINT handler: set on a process's
+        # main thread, where uWSGI's workers serve too, it would stay in
+        # place of uWSGI's, whose workers then no longer stop on SIGINT.
+        loop = new_event_loop()
+        try:
+            return loop.run_until_complete(function())
+        finally:
+            try:
+                left = asyncio.all_tasks(loop)
+                for task in left:
+                    task.cancel()
+                if left:
+                    loop.run_until_complete(
+                        asyncio.gather(*left, return_exceptions=True)
+                    )
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
 
     def engine(self) -> AsyncEngine:
         return self._engine

@@ -10,9 +10,14 @@ event loop made for each call), and by ``async_views.py``'s Flask (an event
 loop on the request's own thread). And Flask-SQLAlchemy-Lite, whose
 teardown is an async function that Flask runs on every request, on both.
 
-Timed twice, the cases taking turns in each (bench/timing.py): in this
-process, as under a threaded server; and in a process that gevent has
-monkey-patched first, as in gunicorn's gevent worker, where
+Then, on PostgreSQL, the same read through an ``AsyncSession``: the
+example beside the steps (``async_session/``) in each of its working
+patterns, and Flask-SQLAlchemy-Lite's async session, against step 9's sync
+Session.
+
+Each set timed twice, the cases taking turns in each (bench/timing.py): in
+this process, as under a threaded server; and in a process that gevent
+has monkey-patched first, as in gunicorn's gevent worker, where
 ``async_views.py`` runs each loop in the greenlet, one at a time.
 """
 
@@ -26,9 +31,11 @@ import flask
 from flask import abort
 from flask.globals import app_ctx
 from sqlalchemy import create_engine
+from sqlalchemy import make_url
 from sqlalchemy.orm import scoped_session
 from sqlalchemy.orm import sessionmaker
 
+import async_session
 from step04_pooling.db import POOL_DEFAULTS
 from step04_pooling.models import Message
 from step09_app_context.async_views import Flask as AsyncViewsFlask
@@ -95,6 +102,31 @@ def lite(url, flask_class):
     return app
 
 
+def async_session_app(url, pattern):
+    """The AsyncSession example in one of its patterns."""
+    return async_session.create_app({"DATABASE_URL": url, "ASYNC_PATTERN": pattern})
+
+
+def lite_async(url):
+    """Flask-SQLAlchemy-Lite's async session (psycopg's async mode), read from
+    an async view; Flask's default runs the view and the teardown."""
+    from flask_sqlalchemy_lite import SQLAlchemy
+
+    app = flask.Flask("flask_sqlalchemy_lite_async")
+    async_url = make_url(url).set(drivername="postgresql+psycopg")
+    app.config["SQLALCHEMY_ASYNC_ENGINES"] = {
+        "default": {"url": async_url, **POOL_DEFAULTS}
+    }
+    db = SQLAlchemy(app)
+    app.extensions["engines"] = {}
+
+    async def read(message_id):
+        return found_or_404(await db.async_session.get(Message, message_id))
+
+    app.add_url_rule("/messages/<int:message_id>", "get_message", read)
+    return app
+
+
 CASES = {
     SYNC: lambda url: app_context_scope(url, flask.Flask, is_async=False),
     ASYNC_VIEWS: lambda url: app_context_scope(url, AsyncViewsFlask, is_async=True),
@@ -102,6 +134,20 @@ CASES = {
     LITE_DEFAULT: lambda url: lite(url, flask.Flask),
     LITE_ASYNC_VIEWS: lambda url: lite(url, AsyncViewsFlask),
 }
+
+# The same read through an AsyncSession, on PostgreSQL.
+SYNC_SESSION = "sync Session, step 9's scope"
+ASYNC_SESSION_CASES = {
+    SYNC_SESSION: CASES[SYNC],
+    **{
+        f"AsyncSession, {pattern}": (
+            lambda url, pattern=pattern: async_session_app(url, pattern)
+        )
+        for pattern in ("one-loop", "loop-per-thread", "nullpool")
+    },
+    "Flask-SQLAlchemy-Lite, async session": lite_async,
+}
+CASE_SETS = {"async views": CASES, "AsyncSession": ASYNC_SESSION_CASES}
 
 # What the child process runs: gevent's patching first, as gunicorn's
 # gevent worker does, then the same cases.
@@ -114,22 +160,26 @@ print(json.dumps(measure_here(*json.loads(sys.argv[1]))))
 """
 
 
-def measure_here(url, path, requests, rounds):
-    """Time every case on ``url`` in this process; return its timings."""
-    apps = {name: make(url) for name, make in CASES.items()}
+def measure_here(url, path, requests, rounds, cases="async views"):
+    """Time every case of a set on ``url`` in this process; return its
+    timings."""
+    apps = {name: make(url) for name, make in CASE_SETS[cases].items()}
     try:
         clients = {name: app.test_client() for name, app in apps.items()}
         return time_per_request(clients, path, requests, rounds)
     finally:
         for app in apps.values():
-            for engine in app.extensions["engines"].values():
+            if "async_runner" in app.extensions:
+                app.extensions["async_runner"].close()
+            for engine in app.extensions.get("engines", {}).values():
                 engine.dispose()
 
 
-def measure_under_gevent(url, path, requests, rounds):
-    """Time every case in a child process that gevent patched first."""
+def measure_under_gevent(url, path, requests, rounds, cases="async views"):
+    """Time every case of a set in a child process that gevent patched first."""
+    arguments = json.dumps([url, path, requests, rounds, cases])
     completed = subprocess.run(
-        [sys.executable, "-c", UNDER_GEVENT, json.dumps([url, path, requests, rounds])],
+        [sys.executable, "-c", UNDER_GEVENT, arguments],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -142,13 +192,18 @@ def measure_under_gevent(url, path, requests, rounds):
 
 
 def measure(backend, url, requests, rounds):
-    """Time the cases on one backend, with threads and under gevent."""
+    """Time the case sets on one backend (AsyncSession's on PostgreSQL), with
+    threads and under gevent."""
     path = prepare_database(url)
-    return {
-        "backend": backend,
-        "threads": measure_here(url, path, requests, rounds),
-        "gevent": measure_under_gevent(url, path, requests, rounds),
-    }
+    results = {"backend": backend}
+    for cases in CASE_SETS:
+        if cases == "AsyncSession" and backend != "postgresql":
+            continue
+        results[cases] = {
+            "threads": measure_here(url, path, requests, rounds, cases),
+            "gevent": measure_under_gevent(url, path, requests, rounds, cases),
+        }
+    return results
 
 
 def goals(results):
@@ -157,7 +212,7 @@ def goals(results):
     rows = []
     for backend in results["backends"]:
         for way in ("threads", "gevent"):
-            timed = backend[way]
+            timed = backend["async views"][way]
             ratio = (
                 timed[ASYNC_VIEWS]["µs per request"]
                 / (timed[DEFAULT]["µs per request"])
@@ -179,18 +234,21 @@ def markdown(results):
         "# What an async view costs per request\n\n",
         "µs per request through Flask's test client, `GET /messages/1`, every"
         " request timed on its own, the cases taking turns: each case's fastest"
-        " request, its ratio to the sync view's, and the mean of the best third"
+        " request, its ratio to the first case's, and the mean of the best third"
         " of rounds (bench/timing.py). Threads: in the benchmark's process."
-        " gevent: in a process gevent monkey-patched first."
+        " gevent: in a process gevent monkey-patched first. Async views: the"
+        " same sync Session read from a sync and an async view. AsyncSession:"
+        " the read through an AsyncSession, against step 9's sync Session."
         + (f" {QUICK_NOTE}" if results["quick"] else "")
         + "\n",
     ]
-    for backend in results["backends"]:
-        for way in ("threads", "gevent"):
-            parts.append(f"\n## {backend['backend']}: {way}\n\n")
-            parts.append(
-                table([{"case": case, **row} for case, row in backend[way].items()])
-            )
+    for cases in CASE_SETS:
+        for backend in results["backends"]:
+            for way, timed in backend.get(cases, {}).items():
+                parts.append(f"\n## {cases}, {backend['backend']}: {way}\n\n")
+                parts.append(
+                    table([{"case": case, **row} for case, row in timed.items()])
+                )
     if not results["quick"]:
         parts += ["\n## Goals\n\n", table(goals(results))]
     return "".join(parts)

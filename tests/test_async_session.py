@@ -397,9 +397,22 @@ MOST_IDLE = {
 }
 
 
+# Every working pattern under each worker class; --preload, which forks
+# from a master that built the app, with the pattern the page advises (uWSGI
+# preloads every pattern, below).
+GUNICORN_RUNS = [
+    *(
+        (pattern, server)
+        for pattern in WORKING_PATTERNS
+        for server in ("gthread", "gevent")
+    ),
+    ("one-loop", "gthread-preload"),
+    ("one-loop", "gevent-preload"),
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("server", GUNICORN_SERVERS)
-@pytest.mark.parametrize("pattern", WORKING_PATTERNS)
+@pytest.mark.parametrize(("pattern", "server"), GUNICORN_RUNS)
 def test_under_gunicorn_every_request_succeeds_and_every_connection_comes_back(
     pattern, server, served_database, postgres, tmp_path
 ):

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from bench.apps import CASES  # noqa: I001
+from bench.async_views import ASYNC_SESSION_CASES
 from bench.async_views import CASES as ASYNC_VIEW_CASES
 from bench.command_line import QUICK_NOTE
 from bench.command_line import QUICK_RESULTS
@@ -132,7 +133,14 @@ def test_the_quick_benchmark_writes_a_table_json_and_a_chart(tmp_path):
     ]
     for backend in timed_async["backends"]:
         for way in ("threads", "gevent"):
-            assert list(backend[way]) == list(ASYNC_VIEW_CASES), way
+            assert list(backend["async views"][way]) == list(ASYNC_VIEW_CASES), way
+    # The read through an AsyncSession, each pattern of the example and
+    # Lite's, against step 9's sync Session: on PostgreSQL.
+    assert "AsyncSession" not in timed_async["backends"][0]
+    for way in ("threads", "gevent"):
+        assert list(timed_async["backends"][1]["AsyncSession"][way]) == list(
+            ASYNC_SESSION_CASES
+        )
     # Step 8's instances on one small PostgreSQL, each case once.
     scaled = json.loads((tmp_path / "scale_out.json").read_text())
     assert [row["case"] for row in scaled["rows"]] == list(SCALE_OUT_CASES)

@@ -762,9 +762,11 @@ def test_the_maps_and_reader_questions_figures_are_the_reference_runs():
 
 # Each step's Try it, run as a reader runs it: every command of its blocks in
 # the order written, in a copy of the repository of the test's own.
+# And the AsyncSession example's, beside the steps.
+EXAMPLES = ["async_session"]
 TRY_SECTIONS = [
     (step, title)
-    for step in STEPS
+    for step in [*STEPS, *EXAMPLES]
     for title, _ in try_it_sections(page(f"{step}/README.md"))
 ]
 # Commands a Try paragraph names in its prose and no block runs, and why.
@@ -787,7 +789,7 @@ def section_text(step, title):
 
 
 def test_each_step_has_a_try_it_with_commands_that_run():
-    assert {step for step, _ in TRY_SECTIONS} == set(STEPS)
+    assert {step for step, _ in TRY_SECTIONS} == {*STEPS, *EXAMPLES}
     for step, title in TRY_SECTIONS:
         assert commands(section_text(step, title)), (step, title)
 
@@ -981,6 +983,16 @@ def async_requests_give_their_connections_back(reader):
     assert '"checked_out":0' in reader.output, reader.output
 
 
+def the_async_session_is_closed_and_its_connection_back(reader):
+    """The AsyncSession example: after a write and a read, nothing is
+    checked out and no AsyncSession is open; the read listed the write."""
+    said = '`"checked_out": 0` and `"sessions_open": 0`'
+    assert said in words(section_text("async_session", "Try it"))
+    pool = json.loads(reader.output)
+    assert (pool["checked_out"], pool["sessions_open"]) == (0, 0), pool
+    assert [message["text"] for message in reader.get("/messages").json()] == ["hi"]
+
+
 def async_reads_on_the_small_pool_give_all_back(reader):
     """Step 9 on two connections: async reads, and nothing checked out."""
     serve_on_the_small_pool_of_the_burst_tests(reader)
@@ -1060,6 +1072,12 @@ PROMISES = {
     ("step09_app_context", "Try it"): [
         ("curl -s localhost:5000/pool", async_requests_give_their_connections_back),
         ("FLASK_ENGINE_OPTIONS", async_reads_on_the_small_pool_give_all_back),
+    ],
+    ("async_session", "Try it"): [
+        (
+            "curl -s localhost:5000/pool",
+            the_async_session_is_closed_and_its_connection_back,
+        )
     ],
     ("step10_helpers", "Try it"): [
         ("curl -si", the_headers_count_45_and_link_pages_1_3_and_5),
@@ -1160,10 +1178,10 @@ def test_the_async_view_costs_cited_are_the_reference_runs():
     readme = words(page("step09_app_context/README.md"))
 
     def ratio(backend, way, case):
-        return f"{by_backend[backend][way][case]['ratio']:g}×"
+        return f"{by_backend[backend]['async views'][way][case]['ratio']:g}×"
 
     def µs(backend, case):
-        return by_backend[backend]["threads"][case]["µs per request"]
+        return by_backend[backend]["async views"]["threads"][case]["µs per request"]
 
     own, default = bench_async_views.ASYNC_VIEWS, bench_async_views.DEFAULT
     with_threads = (
@@ -1202,3 +1220,36 @@ def test_the_async_view_costs_cited_are_the_reference_runs():
     ) in readme
     # The goal: the steps' way no dearer than Flask's default, everywhere.
     assert {row["met"] for row in bench_async_views.goals(results)} == {"yes"}
+
+
+def test_the_async_session_costs_are_the_reference_runs():
+    results = json.loads((ROOT / "bench" / "results" / "async_views.json").read_text())
+    [postgresql] = [b for b in results["backends"] if b["backend"] == "postgresql"]
+    timed = postgresql["AsyncSession"]
+    text = page("docs/async.md")
+    verdict = words(section("docs/async.md", None, "## Why"))
+
+    for case in bench_async_views.ASYNC_SESSION_CASES:
+        threads, gevent = timed["threads"][case], timed["gevent"][case]
+        row = (
+            f"| {case} | {threads['µs per request']} | {threads['ratio']:g}"
+            f" | {gevent['µs per request']} | {gevent['ratio']:g}"
+            f" | {threads['connects per request']:g} |"
+        )
+        assert row in text, case
+
+    def ratio(case):
+        return f"{timed['threads'][case]['ratio']:g}×"
+
+    assert f"It costs {ratio('AsyncSession, one-loop')} step 9's sync Session" in (
+        verdict
+    )
+    assert f"is cheaper, {ratio('AsyncSession, loop-per-thread')}," in verdict
+    assert f"costs {ratio('AsyncSession, nullpool')}." in verdict
+    lite = ratio("Flask-SQLAlchemy-Lite, async session")
+    assert f"It costs {lite} step 9's sync Session per read on psycopg" in verdict
+    views = postgresql["async views"]["threads"]
+    step9 = f"{views[bench_async_views.ASYNC_VIEWS]['ratio']:g}×"
+    assert f"keep step 9's sync Session in them: {step9} a sync view's read" in (
+        verdict
+    )

@@ -126,9 +126,14 @@ NOT_THE_READERS = re.compile(
 
 def copy_of_the_repository(folder):
     """Copy what serving the steps uses into ``folder`` (the steps, the
-    Makefile, pyproject.toml, testbed), and link the repository's .venv."""
+    AsyncSession example, the Makefile, pyproject.toml, testbed), and link
+    the repository's .venv."""
     leave_out = shutil.ignore_patterns("__pycache__", "instance", "*.egg-info")
-    for path in [*ROOT.glob("step[0-9][0-9]_*"), ROOT / "testbed"]:
+    for path in [
+        *ROOT.glob("step[0-9][0-9]_*"),
+        ROOT / "async_session",
+        ROOT / "testbed",
+    ]:
         shutil.copytree(path, folder / path.name, ignore=leave_out)
     for name in ("Makefile", "pyproject.toml"):
         shutil.copy2(ROOT / name, folder / name)
@@ -249,7 +254,8 @@ class Reader:
         the copy's instance folder, not the repository's."""
         url = self.get("/pool", readme_port).json()["url"]
         if url.startswith("sqlite"):
-            path = urllib.parse.unquote(url.removeprefix("sqlite:///"))
+            # sqlite:///..., or the AsyncSession example's sqlite+aiosqlite.
+            path = urllib.parse.unquote(url.split(":///", 1)[1])
             assert path.startswith(f"{self.folder}/instance/"), url
 
 
