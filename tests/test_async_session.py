@@ -422,7 +422,7 @@ def test_under_gunicorn_every_request_succeeds_and_every_connection_comes_back(
     preload = "--preload" in options
     with Gunicorn(
         "async_session.wsgi:app",
-        [*options, "--log-level", "warning"],
+        [*options, "--log-level", "warning", "--graceful-timeout", "1"],
         {"DATABASE_URL": url, "FLASK_ASYNC_PATTERN": pattern},
         tmp_path / "gunicorn.log",
         process_group=True,

@@ -153,6 +153,8 @@ def measure(server, database_url, options, log_path, step, async_views=False):
         "tests.gevent_app:app",
         [
             *("--worker-class", "gevent", "--workers", "1"),
+            # Stopped once the load has its answers: no stragglers to wait for.
+            *("--graceful-timeout", "1"),
             *("--worker-connections", str(GREENLETS), *options),
         ],
         # Step 9's audit database is never read here: the same one will do.
