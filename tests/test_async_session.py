@@ -185,9 +185,9 @@ def test_the_session_is_closed_at_the_end_even_when_the_view_raised(
     assert states == expected[pattern]
 
 
-@pytest.mark.parametrize("backend", ["postgresql"])
-def test_with_one_loop_the_app_contexts_session_outlives_one_call(make_app):
-    app = make_app("one-loop")
+def share_of_before_request_and_view(app):
+    """Send a request whose async before_request and async view each take
+    the app context's AsyncSession; return whether they took the same."""
     sessions = []
 
     @app.before_request
@@ -199,30 +199,23 @@ def test_with_one_loop_the_app_contexts_session_outlives_one_call(make_app):
         sessions.append(db.get_session())
         return {"same": sessions[0] is sessions[1]}
 
-    answer = app.test_client().get("/same-session")
+    return app.test_client().get("/same-session").get_json()["same"]
 
-    assert answer.get_json() == {"same": True}
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_with_one_loop_the_app_contexts_session_outlives_one_call(make_app):
+    app = make_app("one-loop")
+
+    assert share_of_before_request_and_view(app) is True
     assert sessions_open(app) == 0
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])
 def test_with_a_loop_per_call_each_call_has_its_own_session(make_app):
     app = make_app("nullpool")
-    sessions = []
-
-    @app.before_request
-    async def session_before_the_view():
-        sessions.append(db.get_session())
-
-    @app.get("/same-session")
-    async def same_session():
-        sessions.append(db.get_session())
-        return {"same": sessions[0] is sessions[1]}
-
-    answer = app.test_client().get("/same-session")
 
     # The first call's loop, and its AsyncSession, ended with that call.
-    assert answer.get_json() == {"same": False}
+    assert share_of_before_request_and_view(app) is False
     assert sessions_open(app) == 0
 
 
