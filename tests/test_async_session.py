@@ -390,7 +390,7 @@ MOST_IDLE = {
 
 # Every working pattern under each worker class, but loop-per-thread under
 # gevent: in two loaded runs (a helper's, and a full suite on five workers)
-# one of its 400 requests went unanswered for 20 s, and the cause is not
+# 5 and then 1 of its 400 requests went unanswered for 20 s; the cause is not
 # found (docs/async.md). --preload, which forks from a master that built the
 # app, with the pattern the page advises (uWSGI preloads every pattern).
 GUNICORN_RUNS = [
