@@ -206,6 +206,31 @@ def test_what_an_async_view_leaves_running_is_cancelled_as_its_loop_ends(
     assert left[0].cancelled()
 
 
+def test_an_async_generator_the_view_leaves_open_is_closed_as_its_loop_ends(
+    make_app, step
+):
+    app = make_app(step)
+    closed = []
+
+    async def rows():
+        try:
+            yield "first"
+            yield "second"
+        finally:
+            closed.append(True)
+
+    @app.get("/leaves-a-generator")
+    async def leaves_a_generator():
+        generator = rows()
+        app.extensions["left open"] = generator
+        return {"first": await anext(generator)}
+
+    assert app.test_client().get("/leaves-a-generator").get_json() == {"first": "first"}
+    # As asyncio.run() would: its finally ran on the view's loop, before the
+    # loop closed, not later in whichever loop the collector finds it.
+    assert closed == [True]
+
+
 def test_with_flasks_default_an_async_view_runs_on_a_thread_made_for_the_call(
     make_app,
 ):
