@@ -16,6 +16,7 @@ from testbed.step_apps import close_app
 from testbed.step_apps import initialize_databases
 
 from .steps import RUNS_AS_THE_STEP_BEFORE
+from .steps import SERVES_AS_THE_STEP_BEFORE
 from .steps import STEPS
 from .steps import STEPS_WITH_TWO_DATABASES
 from .steps import import_step
@@ -190,29 +191,44 @@ def is_slow(item):
     return item.get_closest_marker("slow") is not None or "serve" in item.fixturenames
 
 
+# The modules whose subject step 11 changes: the contract, where the
+# schema comes from (steps 5 and 6, MariaDB's character sets), and test
+# isolation (step 7: a migration runs inside isolated()).
+ABOUT_THE_SCHEMA = {
+    "tests.test_contract",
+    "tests.test_step05_reflection",
+    "tests.test_step06_multiple_databases",
+    "tests.test_step07_testing",
+    "tests.test_mariadb",
+}
+
+
 def runs_as_the_step_before_on_a_server(item):
-    """Whether a test runs step 7, whose app is step 6's, on a server
-    database, outside step 7's own tests."""
+    """Whether a test runs, on a server database, a step whose app runs or
+    serves as the step before's, outside that step's own tests: step 7
+    (step 6's app), or step 11 outside the tests about the schema."""
     params = item.callspec.params if hasattr(item, "callspec") else {}
     step, backend = params.get("shared_client") or (
         params.get("step"),
         params.get("backend"),
     )
-    return (
-        step in RUNS_AS_THE_STEP_BEFORE
-        and backend in SERVERS
-        and item.module.__name__ != f"tests.test_{step}"
-    )
+    module = item.module.__name__
+    if backend not in SERVERS or module == f"tests.test_{step}":
+        return False
+    if step in RUNS_AS_THE_STEP_BEFORE:
+        return True
+    return step in SERVES_AS_THE_STEP_BEFORE and module not in ABOUT_THE_SCHEMA
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    """Leave step 7 out on the servers, and run the slow tests first.
+    """Leave steps 7 and 11 out on the servers, and run the slow tests first.
 
     Step 7's db.py, models.py and views.py are step 6's, byte for byte
     (tests/test_layout.py): on PostgreSQL and MariaDB, the shared suite and
     the other steps' tests run step 6 for it, and step 7's own tests run
-    there too. On SQLite every test runs it.
+    there too. Step 11 serves requests as step 10 does: there, the tests
+    about the schema and its own run it. On SQLite every test runs both.
 
     pytest-xdist hands the tests out in the order left, two at a time
     (--maxschedchunk in the Makefile): each worker takes the next slow

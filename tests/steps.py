@@ -30,9 +30,21 @@ def steps_from(first):
 RUNS_AS_THE_STEP_BEFORE = {"step07_testing": "step06_multiple_databases"}
 
 
+# Step 11 changes where the schema comes from (migrations) and adds the
+# flask db commands; what serves a request is step 10's: views.py,
+# helpers.py and async_views.py byte for byte, and db.py's Session, pools
+# and teardown line for line (tests/test_layout.py). The tests of serving
+# (servers, forks, load) leave it out too; the contract, the schema's
+# tests and its own run on it.
+SERVES_AS_THE_STEP_BEFORE = {
+    **RUNS_AS_THE_STEP_BEFORE,
+    "step11_migrations": "step10_helpers",
+}
+
+
 def served(steps):
-    """Return the steps but those whose app runs as the step before's does."""
-    return [step for step in steps if step not in RUNS_AS_THE_STEP_BEFORE]
+    """Return the steps but those whose app serves as the step before's does."""
+    return [step for step in steps if step not in SERVES_AS_THE_STEP_BEFORE]
 
 
 # The steps whose app has a second database, for its audit log.
@@ -45,6 +57,17 @@ STEPS_WITH_THREAD_SCOPE = [
     step
     for step in steps_from("step02_session")
     if step not in STEPS_WITH_APP_CONTEXT_SCOPE
+]
+
+
+# The steps whose models are reflected from the database (step 5), and
+# those whose models declare the schema, which migrations give the
+# databases (step 11).
+STEPS_WITH_MIGRATIONS = steps_from("step11_migrations")
+STEPS_WITH_REFLECTED_MODELS = [
+    step
+    for step in steps_from("step05_reflection")
+    if step not in STEPS_WITH_MIGRATIONS
 ]
 
 

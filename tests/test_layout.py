@@ -7,6 +7,7 @@ what the step changes: its database code, its models, the routes that use
 them, and the template that holds its title, concept and next step.
 """
 
+import ast
 import difflib
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from testbed import ROOT
 
 from .steps import RUNS_AS_THE_STEP_BEFORE
+from .steps import SERVES_AS_THE_STEP_BEFORE
 from .steps import STEPS
 
 SHARED_FILES = [
@@ -35,13 +37,15 @@ CONCEPT_FILES = [
     "views.py",
     "templates/index.html",
 ]
-# Step 9 adds async_views.py: how its async views run, under gevent too.
+# Step 9 adds async_views.py: how its async views run, under gevent too;
+# step 11 adds migrate.py, the flask db commands, and its migrations folder.
 CONCEPT_FILES_FROM = {
     "testing.py": "step07_testing",
     "async_views.py": "step09_app_context",
     "helpers.py": "step10_helpers",
+    "migrate.py": "step11_migrations",
 }
-CONCEPT_FOLDERS = ["schema", "example_tests"]
+CONCEPT_FOLDERS = ["schema", "example_tests", "migrations"]
 
 # The files whose changes the neighbours' diff leaves out: the concept's
 # own code, which may take any number of lines, and its README, which the
@@ -53,8 +57,9 @@ UNCOUNTED = {
     "testing.py",
     "async_views.py",
     "helpers.py",
+    "migrate.py",
 }
-UNCOUNTED_FOLDERS = {"schema", "example_tests"}
+UNCOUNTED_FOLDERS = {"schema", "example_tests", "migrations"}
 
 # Most steps change a handler or two and the page's text; a step that moves
 # the handlers to another API (step 2: Core to the ORM; step 6: a second
@@ -108,6 +113,56 @@ def test_a_step_the_server_tests_leave_out_runs_the_app_of_the_step_before(
 ):
     for name in ("db.py", "models.py", "views.py"):
         assert (ROOT / step / name).read_bytes() == (ROOT / before / name).read_bytes()
+
+
+# What serves a request: the routes, the helpers, how async views run, and
+# in db.py the pools' settings, the Session's scope and teardown, and the
+# pool's owner after a fork.
+SERVING_FILES = ["views.py", "helpers.py", "async_views.py", "testing.py"]
+SERVING_DEFINITIONS = [
+    "POOL_DEFAULTS",
+    "engine_options",
+    "BEHIND_POOLER_DEFAULTS",
+    "create_engine_for",
+    "current_app_context",
+    "get_session",
+    "PoolOwner",
+    "remove_session",
+]
+
+
+def definitions(path):
+    """Return the source of each top-level function, class and constant."""
+    source = path.read_text()
+    found = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef):
+            found[node.name] = ast.get_source_segment(source, node)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Name):
+                    found[target.id] = ast.get_source_segment(source, node)
+    return found
+
+
+@pytest.mark.parametrize(
+    ("step", "before"),
+    [
+        (step, before)
+        for step, before in SERVES_AS_THE_STEP_BEFORE.items()
+        if step not in RUNS_AS_THE_STEP_BEFORE
+    ],
+)
+def test_a_step_the_server_tests_leave_out_serves_as_the_step_before(step, before):
+    for name in SERVING_FILES:
+        assert (ROOT / step / name).read_bytes() == (ROOT / before / name).read_bytes()
+    ours, theirs = (
+        definitions(ROOT / step / "db.py"),
+        definitions(ROOT / before / "db.py"),
+    )
+    for name in SERVING_DEFINITIONS:
+        assert ours[name] == theirs[name], name
 
 
 @pytest.mark.parametrize("name", SHARED_FILES)
