@@ -28,6 +28,7 @@ from sqlalchemy import Connection
 from sqlalchemy import Engine
 from sqlalchemy import MetaData
 from sqlalchemy import event
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import scoped_session
 from sqlalchemy.schema import SchemaItem
@@ -269,14 +270,14 @@ def upgrade(revision: str = "heads") -> None:
 
 
 def running_alembic(function: Callable[..., None]) -> Callable[..., None]:
-    """Run a command with Alembic's progress shown, and its errors as
-    click's: a message and exit status 1, not a traceback."""
+    """Run a command with Alembic's progress shown, and its errors, and the
+    database's, as click's: a message and exit status 1, not a traceback."""
 
     def run(*args: Any, **kwargs: Any) -> None:
         with alembic_logs_to_stderr():
             try:
                 function(*args, **kwargs)
-            except CommandError as error:
+            except (CommandError, SQLAlchemyError) as error:
                 raise click.ClickException(str(error)) from error
 
     run.__name__ = function.__name__

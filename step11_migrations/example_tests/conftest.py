@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import pytest
 from flask import Flask
 
-from step10_helpers import create_app
-from step10_helpers.testing import client  # noqa: F401 (a fixture)
-from step10_helpers.testing import isolated_app  # noqa: F401 (a fixture)
+from step11_migrations import create_app
+from step11_migrations.testing import client  # noqa: F401 (a fixture)
+from step11_migrations.testing import isolated_app  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="session")

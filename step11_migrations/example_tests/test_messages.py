@@ -1,6 +1,6 @@
 """Example tests: each writes through the API, and none sees another's writes.
 
-Run them with ``.venv/bin/pytest step10_helpers/example_tests``: pytest
+Run them with ``.venv/bin/pytest step11_migrations/example_tests``: pytest
 runs the tests of a file in order, and the third finds nothing of what the
 first two, and the second's fixture, wrote and committed.
 """
