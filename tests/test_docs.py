@@ -1028,6 +1028,29 @@ def the_shell_reads_the_first_message(reader):
     assert reader.command.answers == ("'message 1'",)
 
 
+def each_database_is_at_the_head(reader):
+    """Step 11: flask db current, one line per database."""
+    assert reader.output.count("0002 (head)") == 2, reader.output
+
+
+def without_its_tables_the_app_answers_a_json_503(reader):
+    """Step 11, downgraded to base: the running app names the missing table."""
+    said = '("no such table: messages")'
+    assert said in words(section_text("step11_migrations", "Try it"))
+    assert "no such table: messages" in json.loads(reader.output)["error"]
+    assert reader.get("/messages").status_code == 503
+
+
+def upgraded_again_it_answers_without_a_restart(reader):
+    """Step 11: upgraded, the same running app answers the empty list."""
+    assert json.loads(reader.output) == []
+
+
+def check_finds_nothing_to_do(reader):
+    """Step 11: flask db check at the head."""
+    assert "No new upgrade operations detected." in reader.output
+
+
 # What each Try section says a reader sees, in the order written: each
 # checked after the next command that begins so, whose result it shows.
 PROMISES = {
@@ -1086,6 +1109,21 @@ PROMISES = {
             ".venv/bin/flask --app step10_helpers shell",
             the_shell_reads_the_first_message,
         ),
+    ],
+    ("step11_migrations", "Try it"): [
+        (
+            ".venv/bin/flask --app step11_migrations db current",
+            each_database_is_at_the_head,
+        ),
+        (
+            "curl -s localhost:5000/messages",
+            without_its_tables_the_app_answers_a_json_503,
+        ),
+        (
+            "curl -s localhost:5000/messages",
+            upgraded_again_it_answers_without_a_restart,
+        ),
+        (".venv/bin/flask --app step11_migrations db check", check_finds_nothing_to_do),
     ],
 }
 
