@@ -71,8 +71,8 @@ def test_init_db_prepares_each_database_with_its_own_tables(step, make_app):
     # From step 11, Alembic's version table too, in each database.
     versions = ["alembic_version"] if step in STEPS_WITH_MIGRATIONS else []
 
-    assert tables(app.config["DATABASE_URL"]) == [*versions, "messages"]
-    assert tables(app.config["AUDIT_DATABASE_URL"]) == [*versions, "audit_log"]
+    assert sorted(tables(app.config["DATABASE_URL"])) == [*versions, "messages"]
+    assert sorted(tables(app.config["AUDIT_DATABASE_URL"])) == [*versions, "audit_log"]
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
