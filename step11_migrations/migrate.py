@@ -8,6 +8,7 @@ database. The engines are the app's, made by the app factory: there is no
 ``alembic.ini`` and no URL to keep in step with the app's configuration.
 """
 
+import argparse
 import contextlib
 import logging
 import pathlib
@@ -114,11 +115,15 @@ def owned_by_the_models(
 def skip_an_empty_autogenerate(
     context: Any, revision: Any, directives: list[Any]
 ) -> None:
-    """Write no revision when autogenerate finds nothing to do, as
-    Flask-Migrate's env.py does."""
+    """Write no revision when autogenerate finds nothing to do in any
+    database, as Flask-Migrate's env.py does."""
     if not getattr(context.config.cmd_opts, "autogenerate", False):
         return
     script = directives[0]
+    # Alembic calls this after comparing each database: decide after the
+    # last, when every database's operations are in.
+    if len(script.upgrade_ops_list) < len(current_app.extensions["migrate"].metadata):
+        return
     if all(ops.is_empty() for ops in script.upgrade_ops_list):
         directives[:] = []
         click.echo("No changes in schema detected.", err=True)
@@ -290,7 +295,10 @@ def running_alembic(function: Callable[..., None]) -> Callable[..., None]:
 @running_alembic
 def migrate_command(message: str | None) -> None:
     """Autogenerate a revision from the models' changes."""
-    command.revision(alembic_config(), message, autogenerate=True)
+    config = alembic_config()
+    # What the hook above reads, as Alembic's own command line sets it.
+    config.cmd_opts = argparse.Namespace(autogenerate=True)
+    command.revision(config, message, autogenerate=True)
 
 
 @db_commands.command("revision")
