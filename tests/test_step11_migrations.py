@@ -635,3 +635,36 @@ def test_reflected_models_map_a_hand_written_migration_but_check_cannot_see_drif
     assert declared.exit_code == 1
     assert "('remove_column', None, 'messages', Column('author'" in declared.output
     assert reflected_check.exit_code == 0
+
+
+# 6. A migration waits for a lock at most MIGRATION_LOCK_TIMEOUT seconds.
+
+
+@pytest.mark.parametrize(
+    ("backend", "error"),
+    [
+        ("postgresql", "canceling statement due to lock timeout"),
+        ("mariadb", "Lock wait timeout exceeded"),
+    ],
+)
+def test_a_migration_behind_a_long_transaction_gives_up_after_the_lock_timeout(
+    tmp_path, databases, step_app, error
+):
+    folder = copy_of_the_migrations(tmp_path)
+    write_revision(folder, "0003", "0002", messages=ADD_AUTHOR)
+    app = step_app(MIGRATIONS_FOLDER=str(folder), MIGRATION_LOCK_TIMEOUT=1)
+    assert flask_db(app, "upgrade", "0002").exit_code == 0
+    # Another program's transaction, which read the table and is still open.
+    reader = create_engine(databases["DATABASE_URL"], poolclass=NullPool)
+
+    with reader.connect() as connection:
+        connection.execute(text("SELECT count(*) FROM messages"))
+        upgraded = flask_db(app, "upgrade")
+        connection.rollback()
+    reader.dispose()
+
+    assert upgraded.exit_code == 1
+    assert error in upgraded.output
+    assert versions(app)["messages"] == "0002"
+    # Once the transaction ended, the same migration runs.
+    assert flask_db(app, "upgrade").exit_code == 0
