@@ -302,14 +302,20 @@ ADD_TEXT_AGAIN = 'op.add_column("messages", sa.Column("text", sa.String(10)))'
 CREATE_NOTES_THEN_FAIL = f"{CREATE_NOTES}\n            {ADD_TEXT_AGAIN}"
 
 
+def app_with_a_third_revision(tmp_path, step_app, messages, **config):
+    """Return the step's app at 0002, with a revision 0003 of the test's
+    own that runs ``messages`` on the messages database."""
+    folder = copy_of_the_migrations(tmp_path)
+    write_revision(folder, "0003", "0002", messages=messages)
+    app = step_app(MIGRATIONS_FOLDER=str(folder), **config)
+    assert flask_db(app, "upgrade", "0002").exit_code == 0
+    return app
+
+
 def failing_revision_app(tmp_path, step_app):
     """Return the step's app at 0002, with a third revision that fails
     halfway: it creates ``notes``, then adds a column that exists."""
-    folder = copy_of_the_migrations(tmp_path)
-    write_revision(folder, "0003", "0002", messages=CREATE_NOTES_THEN_FAIL)
-    app = step_app(MIGRATIONS_FOLDER=str(folder))
-    assert flask_db(app, "upgrade", "0002").exit_code == 0
-    return app
+    return app_with_a_third_revision(tmp_path, step_app, CREATE_NOTES_THEN_FAIL)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -480,12 +486,7 @@ def test_each_of_the_steps_revisions_runs_at_most_one_ddl_statement_per_database
 def test_isolated_rolls_back_a_migration_run_inside_the_block(
     tmp_path, databases, step_app
 ):
-    folder = copy_of_the_migrations(tmp_path)
-    write_revision(
-        folder, "0003", "0002", messages=CREATE_NOTES_THEN_FAIL.split("\n")[0]
-    )
-    app = step_app(MIGRATIONS_FOLDER=str(folder))
-    assert flask_db(app, "upgrade", "0002").exit_code == 0
+    app = app_with_a_third_revision(tmp_path, step_app, CREATE_NOTES)
 
     with isolated(app):
         upgraded = flask_db(app, "upgrade")
@@ -509,12 +510,7 @@ def versions_through_the_session(app):
 def test_on_mariadb_isolated_says_it_cannot_roll_a_migration_back(
     tmp_path, databases, step_app
 ):
-    folder = copy_of_the_migrations(tmp_path)
-    write_revision(
-        folder, "0003", "0002", messages=CREATE_NOTES_THEN_FAIL.split("\n")[0]
-    )
-    app = step_app(MIGRATIONS_FOLDER=str(folder))
-    assert flask_db(app, "upgrade", "0002").exit_code == 0
+    app = app_with_a_third_revision(tmp_path, step_app, CREATE_NOTES)
 
     with (
         pytest.raises(
@@ -650,10 +646,9 @@ def test_reflected_models_map_a_hand_written_migration_but_check_cannot_see_drif
 def test_a_migration_behind_a_long_transaction_gives_up_after_the_lock_timeout(
     tmp_path, databases, step_app, error
 ):
-    folder = copy_of_the_migrations(tmp_path)
-    write_revision(folder, "0003", "0002", messages=ADD_AUTHOR)
-    app = step_app(MIGRATIONS_FOLDER=str(folder), MIGRATION_LOCK_TIMEOUT=1)
-    assert flask_db(app, "upgrade", "0002").exit_code == 0
+    app = app_with_a_third_revision(
+        tmp_path, step_app, ADD_AUTHOR, MIGRATION_LOCK_TIMEOUT=1
+    )
     # Another program's transaction, which read the table and is still open.
     reader = create_engine(databases["DATABASE_URL"], poolclass=NullPool)
 
