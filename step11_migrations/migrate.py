@@ -188,7 +188,8 @@ def transactional(connection: Connection) -> Iterator[None]:
 # set it back for the pool's next borrower.
 LOCK_TIMEOUTS: dict[str, tuple[Callable[[float], str], str]] = {
     "postgresql": (
-        lambda seconds: f"SET lock_timeout = '{int(seconds * 1000)}ms'",
+        # At least 1 ms: PostgreSQL reads 0 as no limit at all.
+        lambda seconds: f"SET lock_timeout = '{max(1, round(seconds * 1000))}ms'",
         "RESET lock_timeout",
     ),
     # On MariaDB, DDL waits for a metadata lock.

@@ -192,10 +192,12 @@ def is_slow(item):
 
 
 # The modules whose subject step 11 changes: the contract, where the
-# schema comes from (steps 5 and 6, MariaDB's character sets), and test
-# isolation (step 7: a migration runs inside isolated()).
+# schema comes from (steps 5 and 6, MariaDB's character sets), test
+# isolation (step 7: a migration runs inside isolated()), and its notebook,
+# which migrates on a PostgreSQL of its own.
 ABOUT_THE_SCHEMA = {
     "tests.test_contract",
+    "tests.test_notebooks",
     "tests.test_step05_reflection",
     "tests.test_step06_multiple_databases",
     "tests.test_step07_testing",
