@@ -91,8 +91,8 @@ class Migrations:
                     transaction_per_migration=True,
                     # SQLite's DDL is transactional too, once the driver
                     # is made to begin the transaction (transactional()).
-                    transactional_ddl=connection.dialect.name != "mysql"
-                    and connection.dialect.name != "mariadb",
+                    transactional_ddl=connection.dialect.name
+                    not in ("mysql", "mariadb"),
                     include_object=owned_by_the_models,
                     process_revision_directives=skip_an_empty_autogenerate,
                 )

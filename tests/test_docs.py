@@ -322,7 +322,10 @@ LINKS = [link for link in LINKS if not re.match(r"\w+:", link[1])]
 )
 def test_every_relative_link_and_anchor_resolves(page_path, target):
     path, _, anchor = target.partition("#")
+    # A bare #anchor is a heading of the same page.
     resolved = os.path.normpath(os.path.join(os.path.dirname(page_path), path))
+    if not path:
+        resolved = page_path
     assert (ROOT / resolved).exists(), target
     if (ROOT / resolved).is_dir():
         # GitHub shows a folder's README.md.
