@@ -221,12 +221,16 @@ class Cluster(Server):
                 query=tls_query(self.ca_file) if tls else {},
             )
         )
+        self.make_data_folder()
+        self.start()
+
+    def make_data_folder(self):
+        """Make the cluster's data folder: a new, empty cluster."""
         self._run(
             "initdb",
             *("-D", self.data, "-U", "postgres", "--auth=trust"),
             *("--encoding=UTF8", "--no-locale", "--no-sync"),
         )
-        self.start()
 
     def _make_certificates(self):
         """Write a CA and a server certificate for loopback into the cluster's

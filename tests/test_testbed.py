@@ -2,19 +2,27 @@
 
 import pathlib
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pymysql
 import pytest
 from sqlalchemy import create_engine
 from sqlalchemy import inspect
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 from testbed import mariadb
 from testbed.loopback import free_port
+from testbed.postgres import HOW_TO_GET_POSTGRES
 from testbed.postgres import SPARE_PREFIX
+from testbed.postgres import find_binaries
+from testbed.replicas import Replication
+
+from .conftest import skip_or_fail
 
 
 @pytest.fixture
@@ -110,3 +118,56 @@ def test_a_free_port_is_not_one_a_socket_holds():
     finally:
         for sock in held:
             sock.close()
+
+
+@pytest.mark.slow
+def test_a_standby_follows_its_primary_read_only_and_lags_only_when_paused():
+    bindir = find_binaries()
+    if bindir is None:
+        skip_or_fail(HOW_TO_GET_POSTGRES)
+    replication = Replication(bindir)
+    try:
+        url = replication.create_database()
+        primary = create_engine(url, poolclass=NullPool)
+        standby = create_engine(replication.standby.url_of(url), poolclass=NullPool)
+        count = text("SELECT count(*) FROM notes")
+        with primary.begin() as connection:
+            connection.execute(text("CREATE TABLE notes (id INTEGER)"))
+            connection.execute(text("INSERT INTO notes VALUES (1)"))
+        replication.standby.wait_for_replay()
+        with standby.connect() as connection:
+            assert connection.execute(count).scalar() == 1
+            # A standby, read-only: the error a misrouted write meets.
+            in_recovery = connection.execute(text("SELECT pg_is_in_recovery()"))
+            assert in_recovery.scalar() is True
+            with pytest.raises(
+                DBAPIError,
+                match="cannot execute INSERT in a read-only transaction",
+            ):
+                connection.execute(text("INSERT INTO notes VALUES (2)"))
+
+        # Paused, it lags by what the primary commits meanwhile, for as
+        # long as the test wants; resumed, it catches up.
+        replication.standby.pause_replay()
+        with primary.begin() as connection:
+            connection.execute(text("INSERT INTO notes VALUES (2)"))
+        time.sleep(0.5)
+        with standby.connect() as connection:
+            assert connection.execute(count).scalar() == 1
+        replication.standby.resume_replay()
+        replication.standby.wait_for_replay()
+        with standby.connect() as connection:
+            assert connection.execute(count).scalar() == 2
+
+        # Promoted, it takes writes.
+        replication.standby.promote()
+        with standby.begin() as connection:
+            connection.execute(text("INSERT INTO notes VALUES (3)"))
+            assert connection.execute(count).scalar() == 3
+        primary.dispose()
+        standby.dispose()
+    finally:
+        replication.destroy()
+    # Both servers are gone, their folders too.
+    assert not pathlib.Path(replication.primary.folder).exists()
+    assert not pathlib.Path(replication.standby.folder).exists()
