@@ -72,7 +72,9 @@ class Migrations:
             raise CommandError("--sql (offline mode) is not supported here")
         lock_timeout = current_app.config["MIGRATION_LOCK_TIMEOUT"]
         for database, metadata in self.metadata.items():
-            logger.info("Migrating database %s", database)
+            # Each database's lines follow this one: current, for one,
+            # prints a revision per database.
+            logger.info("On the %s database", database)
             with migration_connection(database, lock_timeout) as connection:
                 context.configure(
                     connection=connection,

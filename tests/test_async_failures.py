@@ -55,7 +55,8 @@ AIOMYSQL_DIFFERENT_LOOP = re.compile(
     r" got Future <Future pending> attached to a different loop"
 )
 QUEUE_ON_ANOTHER_LOOP = re.compile(
-    r"builtins\.RuntimeError: <Queue at 0x[0-9a-f]+ maxsize=1 _getters\[\d+\]>"
+    # What follows maxsize depends on the moment: "_getters[1]", "tasks=1".
+    r"builtins\.RuntimeError: <Queue at 0x[0-9a-f]+ maxsize=1[^>]*>"
     r" is bound to a different event loop"
 )
 LOCK_ON_ANOTHER_LOOP = (
