@@ -87,7 +87,11 @@ class Standby(Cluster):
     def wait_for_replay(self, seconds=30):
         """Wait until this standby has replayed all the primary has written."""
         with self.primary.admin_engine().connect() as connection:
-            written = connection.execute(text("SELECT pg_current_wal_lsn()")).scalar()
+            # Inserted, not written out: with synchronous_commit off (the
+            # testbed's), a commit returns before its record is written.
+            written = connection.execute(
+                text("SELECT pg_current_wal_insert_lsn()")
+            ).scalar()
         self._wait_until(
             f"SELECT pg_last_wal_replay_lsn() >= '{written}'::pg_lsn",
             f"replay up to {written}",

@@ -1,0 +1,281 @@
+"""Step 12: reads from a PostgreSQL standby, writes to the primary, and no
+client's own write goes missing from its next reads.
+
+On a primary and a hot standby of the tests' own (testbed/replicas.py),
+whose replay a test pauses to make the standby lag for as long as it
+wants. The failing variant is the routing Session of SQLAlchemy's
+documentation ("Custom Vertical Partitioning"), as written.
+"""
+
+import random
+
+import pytest
+from sqlalchemy import delete
+from sqlalchemy import insert
+from sqlalchemy import select
+from sqlalchemy import update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+from sqlalchemy.orm import scoped_session
+from sqlalchemy.orm import sessionmaker
+from sqlalchemy.sql import Delete
+from sqlalchemy.sql import Update
+
+from step12_replicas import create_app
+from step12_replicas import db
+from step12_replicas.replicas import POSITION_COOKIE
+from testbed.postgres import HOW_TO_GET_POSTGRES
+from testbed.postgres import find_binaries
+from testbed.replicas import Replication
+from testbed.step_apps import close_app
+
+from .conftest import skip_or_fail
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def replication():
+    """Return a primary and a hot standby for the module, deleted after."""
+    bindir = find_binaries()
+    if bindir is None:
+        skip_or_fail(HOW_TO_GET_POSTGRES)
+    pair = Replication(bindir)
+    yield pair
+    pair.destroy()
+
+
+@pytest.fixture
+def databases(replication):
+    """Return the step's two databases on the primary, emptied after."""
+    urls = {
+        "DATABASE_URL": replication.primary.create_database(),
+        "AUDIT_DATABASE_URL": replication.primary.create_database(),
+    }
+    yield urls
+    # A test that paused replay leaves it running again.
+    replication.standby.resume_replay()
+    for url in urls.values():
+        replication.primary.drop_database(url)
+
+
+@pytest.fixture
+def app(databases, replication):
+    """Return the step's app on the pair, its tables made on the primary
+    and replayed on the standby."""
+    standby_url = replication.standby.url_of(databases["DATABASE_URL"])
+    app = create_app(
+        {
+            "TESTING": True,
+            **databases,
+            "REPLICA_DATABASE_URLS": [standby_url],
+            "REPLICA_RETRY_SECONDS": 0.2,
+        }
+    )
+    result = app.test_cli_runner().invoke(args=["init-db"])
+    assert result.output.endswith("Initialized the database.\n"), result.output
+    replication.standby.wait_for_replay()
+    yield app
+    close_app(app)
+
+
+def reads_went_to(app):
+    """Return where the app's last reads went: "standby" or "primary"."""
+    return app.extensions["routing"].last_reads["server"]
+
+
+def docs_routing_session(app):
+    """Return SQLAlchemy's documented routing Session on the app's engines,
+    as written: flushes, UPDATE and DELETE to the leader (the primary),
+    every other statement to a follower (the standby), the other class's
+    to its own engine (the audit database)."""
+    engines = {
+        "leader": app.extensions["engine"],
+        "other": app.extensions["audit_engine"],
+        "follower1": app.extensions["engines"]["standby"],
+    }
+    AuditBase = app.extensions["models"].declared.bases["audit"]
+
+    class RoutingSession(Session):
+        def get_bind(self, mapper=None, clause=None, **kw):
+            if mapper and issubclass(mapper.class_, AuditBase):
+                return engines["other"]
+            elif self._flushing or isinstance(clause, (Update, Delete)):
+                return engines["leader"]
+            else:
+                return engines[random.choice(["follower1"])]
+
+    return RoutingSession
+
+
+def use_the_docs_router(app):
+    """Give the app the documented routing Session in place of its own."""
+    app.extensions["session"] = scoped_session(
+        sessionmaker(class_=docs_routing_session(app)),
+        scopefunc=db.current_app_context,
+    )
+
+
+# Proof 1: a client reads its own write; others read from the standby.
+
+
+def test_a_read_right_after_your_write_is_fresh_while_the_standby_lags(
+    app, replication
+):
+    writer, other = app.test_client(), app.test_client()
+    replication.standby.pause_replay()
+
+    created = writer.post("/messages", json={"text": "written while it lags"})
+    assert created.status_code == 201, created.json
+    # The answer gives the client the primary's WAL position after its
+    # commit, which its next requests send back.
+    assert writer.get_cookie(POSITION_COOKIE) is not None
+
+    # The writer's read goes to the primary: the standby has not replayed
+    # its write.
+    assert writer.get("/messages").json == [created.json]
+    assert reads_went_to(app) == "primary"
+    # Another client's read goes to the standby, which lags.
+    assert other.get("/messages").json == []
+    assert reads_went_to(app) == "standby"
+
+    # Once the standby has replayed the write, the writer reads there too,
+    # and the cookie goes: its later reads check nothing.
+    replication.standby.resume_replay()
+    replication.standby.wait_for_replay()
+    assert writer.get("/messages").json == [created.json]
+    assert reads_went_to(app) == "standby"
+    assert writer.get_cookie(POSITION_COOKIE) is None
+
+
+def test_on_the_docs_router_a_write_fails_to_read_itself_back(app, replication):
+    use_the_docs_router(app)
+    writer = app.test_client()
+    replication.standby.pause_replay()
+
+    # The flush goes to the leader, and commits; the answer then reads the
+    # new row's id, expired by the commit, on the follower, which has not
+    # replayed it: the row "has been deleted", and the request answers 503
+    # for a write that is committed.
+    created = writer.post("/messages", json={"text": "written while it lags"})
+    assert created.status_code == 503, created.json
+    assert "ObjectDeletedError" in created.json["error"]
+    # The writer's next read is stale: its message is missing.
+    assert writer.get("/messages").json == []
+    replication.standby.resume_replay()
+    replication.standby.wait_for_replay()
+    assert [message["text"] for message in writer.get("/messages").json] == [
+        "written while it lags"
+    ]
+
+
+# Proof 2: every write reaches the primary.
+
+
+def test_every_write_statement_goes_to_the_primary(app):
+    with app.app_context():
+        session = db.get_session()
+        Message = db.get_models().Message
+        session.execute(insert(Message).values(text="inserted"))
+        session.execute(update(Message).values(text="updated"))
+        locked = session.scalars(select(Message).with_for_update()).all()
+        assert [message.text for message in locked] == ["updated"]
+        session.execute(delete(Message))
+        session.commit()
+        assert reads_went_to(app) == "primary"
+
+
+def test_on_the_docs_router_an_insert_goes_to_the_standby_and_fails(app):
+    use_the_docs_router(app)
+    with app.app_context():
+        session = db.get_session()
+        Message = db.get_models().Message
+        with pytest.raises(
+            DBAPIError, match="cannot execute INSERT in a read-only transaction"
+        ):
+            session.execute(insert(Message).values(text="inserted"))
+
+
+# Proof 3: your own transaction.
+
+
+def test_a_flushed_row_is_read_back_in_its_own_transaction(app):
+    with app.app_context():
+        session = db.get_session()
+        Message = db.get_models().Message
+        session.add(Message(text="flushed, not committed"))
+        session.flush()
+        found = session.scalars(select(Message.text)).all()
+        assert found == ["flushed, not committed"]
+        assert reads_went_to(app) == "primary"
+        session.rollback()
+
+
+# Proof 4: a server stops.
+
+
+def test_when_the_standby_stops_reads_fall_back_to_the_primary_and_return(
+    app, replication
+):
+    client = app.test_client()
+    assert client.post("/messages", json={"text": "one"}).status_code == 201
+    replication.standby.wait_for_replay()
+    reader = app.test_client()
+    assert reader.get("/messages").status_code == 200
+    assert reads_went_to(app) == "standby"
+
+    replication.standby.stop()
+    try:
+        answers = [reader.get("/messages") for _ in range(5)]
+        assert [answer.status_code for answer in answers] == [200] * 5
+        assert all(len(answer.json) == 1 for answer in answers)
+        assert reads_went_to(app) == "primary"
+    finally:
+        replication.standby.start()
+    replication.standby.wait_for_replay()
+    # Retried once REPLICA_RETRY_SECONDS have passed.
+    for _ in range(50):
+        assert reader.get("/messages").status_code == 200
+        if reads_went_to(app) == "standby":
+            break
+    assert reads_went_to(app) == "standby"
+
+
+def test_when_the_primary_stops_writes_answer_503_and_reads_go_on(app, replication):
+    client = app.test_client()
+    assert client.post("/messages", json={"text": "one"}).status_code == 201
+    replication.standby.wait_for_replay()
+    reader = app.test_client()
+
+    replication.primary.stop()
+    try:
+        refused = client.post("/messages", json={"text": "two"})
+        assert refused.status_code == 503, refused.json
+        assert refused.is_json
+        listed = reader.get("/messages")
+        assert listed.status_code == 200
+        assert [message["text"] for message in listed.json] == ["one"]
+        assert reads_went_to(app) == "standby"
+    finally:
+        replication.primary.start()
+    # Back, it takes writes again, with no restart of the app.
+    for _ in range(50):
+        if client.post("/messages", json={"text": "two"}).status_code == 201:
+            break
+    else:
+        pytest.fail("the primary did not take writes again")
+
+
+# Proof 7: migrations run on the primary and reach the standby.
+
+
+def test_migrations_run_on_the_primary_and_reach_the_standby(app, replication):
+    standby = app.extensions["engines"]["standby"]
+    with standby.connect() as connection:
+        version = connection.exec_driver_sql("SELECT version_num FROM alembic_version")
+        assert version.scalar() == "0002"
+        columns = connection.exec_driver_sql(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_name = 'messages' ORDER BY ordinal_position"
+        )
+        assert columns.scalars().all() == ["id", "text", "created_at"]
