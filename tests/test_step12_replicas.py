@@ -8,16 +8,22 @@ documentation ("Custom Vertical Partitioning"), as written.
 """
 
 import random
+import threading
+import time
 
 import pytest
+from sqlalchemy import create_engine
 from sqlalchemy import delete
 from sqlalchemy import insert
 from sqlalchemy import select
+from sqlalchemy import text
 from sqlalchemy import update
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import scoped_session
 from sqlalchemy.orm import sessionmaker
+from sqlalchemy.pool import NullPool
 from sqlalchemy.sql import Delete
 from sqlalchemy.sql import Update
 
@@ -279,3 +285,135 @@ def test_migrations_run_on_the_primary_and_reach_the_standby(app, replication):
             " WHERE table_name = 'messages' ORDER BY ordinal_position"
         )
         assert columns.scalars().all() == ["id", "text", "created_at"]
+
+
+# Proof 6: a long read on the standby, and the primary's vacuum.
+
+
+@pytest.fixture(params=["off", "on"], ids=["without-feedback", "with-feedback"])
+def pair_with_feedback(request):
+    """Return a pair whose standby cancels a read in the way of replay
+    after 100 ms, and tells the primary what it reads or not."""
+    bindir = find_binaries()
+    if bindir is None:
+        skip_or_fail(HOW_TO_GET_POSTGRES)
+    pair = Replication(
+        bindir,
+        standby_settings={
+            "max_standby_streaming_delay": "100ms",
+            "hot_standby_feedback": request.param,
+        },
+    )
+    yield request.param == "on", pair
+    pair.destroy()
+
+
+def test_a_long_read_on_the_standby_is_cancelled_by_vacuum_unless_it_feeds_back(
+    pair_with_feedback,
+):
+    feedback, pair = pair_with_feedback
+    url = pair.create_database()
+    primary = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    standby = create_engine(pair.standby.url_of(url), poolclass=NullPool)
+    with primary.connect() as connection:
+        connection.exec_driver_sql(
+            "CREATE TABLE notes AS SELECT n AS id FROM generate_series(1, 1000) AS n"
+        )
+    pair.standby.wait_for_replay()
+
+    outcome = []
+
+    def long_read():
+        try:
+            with standby.connect() as connection:
+                outcome.append(
+                    connection.execute(
+                        text("SELECT count(*) FROM notes, pg_sleep(2)")
+                    ).scalar()
+                )
+        except DBAPIError as error:
+            outcome.append(error)
+
+    reader = threading.Thread(target=long_read)
+    reader.start()
+    time.sleep(0.5)
+    # The primary deletes the rows and vacuums them away: the standby must
+    # replay their removal, which the read, still running, may still need.
+    with primary.connect() as connection:
+        connection.exec_driver_sql("DELETE FROM notes")
+        connection.exec_driver_sql("VACUUM notes")
+        dead = connection.execute(
+            text("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'notes'")
+        ).scalar()
+    reader.join()
+    primary.dispose()
+
+    if feedback:
+        # The read ends with what it saw; the primary kept the dead rows it
+        # might need: a vacuum that removes nothing, and a table that grows.
+        assert outcome == [1000]
+        assert dead == 1000
+    else:
+        [error] = outcome
+        assert "canceling statement due to conflict with recovery" in str(error)
+        assert error.orig.sqlstate == "40001"
+        assert dead == 0
+
+
+# Proof 5: failover.
+
+
+def multi_host(url, *clusters):
+    """Return a database's URL that tries each cluster in turn, and takes
+    the first that accepts writes."""
+    database = make_url(url).database
+    hosts = "&".join(f"host=127.0.0.1:{cluster.port}" for cluster in clusters)
+    return (
+        f"postgresql+psycopg://postgres@/{database}?{hosts}"
+        "&target_session_attrs=read-write"
+    )
+
+
+def test_after_failover_the_app_writes_to_the_promoted_standby_by_itself():
+    bindir = find_binaries()
+    if bindir is None:
+        skip_or_fail(HOW_TO_GET_POSTGRES)
+    pair = Replication(bindir)
+    try:
+        messages, audit = pair.create_database(), pair.create_database()
+        app = create_app(
+            {
+                "TESTING": True,
+                "DATABASE_URL": multi_host(messages, pair.primary, pair.standby),
+                "AUDIT_DATABASE_URL": multi_host(audit, pair.primary, pair.standby),
+                "REPLICA_DATABASE_URLS": [pair.standby.url_of(messages)],
+            }
+        )
+        result = app.test_cli_runner().invoke(args=["init-db"])
+        assert result.output.endswith("Initialized the database.\n"), result.output
+        client = app.test_client()
+        assert client.post("/messages", json={"text": "before"}).status_code == 201
+        pair.standby.wait_for_replay()
+
+        # The primary's host is lost; the standby is promoted after it.
+        pair.primary.stop(mode="immediate")
+        during = [client.post("/messages", json={"text": "during"}).status_code]
+        pair.standby.promote()
+        while during[-1] != 201 and len(during) < 50:
+            during.append(client.post("/messages", json={"text": "during"}).status_code)
+        after = [
+            client.post("/messages", json={"text": "after"}).status_code
+            for _ in range(20)
+        ]
+        listed = client.get("/messages").json
+        close_app(app)
+    finally:
+        pair.destroy()
+
+    # While no server took writes, JSON 503s; from the first write the
+    # promoted standby took on, every write answers 201: pre-ping dropped
+    # the pool's dead connections, and the URL's second host took over.
+    assert set(during[:-1]) == {503}, during
+    assert during[-1] == 201, during
+    assert after == [201] * 20
+    assert [message["text"] for message in listed].count("after") == 20
