@@ -69,10 +69,13 @@ else ifeq ($(DB),pgbouncer)
 	$(BIN)/python -m testbed.pgbouncer sh -c '$(SERVE_STEP)'
 else ifeq ($(DB),mariadb)
 	$(BIN)/python -m testbed.mariadb sh -c '$(SERVE_STEP)'
+else ifeq ($(DB),replicas)
+	# A PostgreSQL primary and a hot standby: step 12 reads from the standby.
+	$(BIN)/python -m testbed.replicas sh -c '$(SERVE_STEP)'
 else ifeq ($(DB),sqlite)
 	$(SERVE_STEP)
 else
-	$(error DB=$(DB): choose DB=sqlite, DB=postgresql, DB=pgbouncer or DB=mariadb)
+	$(error DB=$(DB): choose DB=sqlite, DB=postgresql, DB=pgbouncer, DB=mariadb or DB=replicas)
 endif
 
 # The workers take tests two at a time, slow ones first (tests/conftest.py),

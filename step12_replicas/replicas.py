@@ -56,6 +56,7 @@ WROTE = "replicas.wrote"  # this transaction wrote: stay on the primary
 READS_ON = "replicas.reads_on"  # the engine this transaction reads from
 COMMITTED_A_WRITE = "replicas.committed_a_write"  # set the cookie after
 CAUGHT_UP = "replicas.caught_up"  # delete the cookie after
+READS = "replicas.reads"  # where this Session's reads went, and why
 
 
 class Server:
@@ -111,17 +112,15 @@ class Routing:
                 continue
             if position is not None:
                 session.info[CAUGHT_UP] = True
-            self.last_reads = {
-                "server": standby.name,
-                "why": "it has your last write" if position else "no write of yours",
-            }
+            why = "it has your last write" if position else "no write of yours"
+            self.note(session, standby.name, why)
             return standby.engine
-        self.last_reads = {"server": "primary", "why": why}
+        self.note(session, "primary", why)
         return self.primary
 
-    def wrote(self) -> None:
-        """Note that the last reads were a write's: they went to the primary."""
-        self.last_reads = {"server": "primary", "why": "a write, or after one"}
+    def note(self, session: Session, server: str, why: str) -> None:
+        """Record where a Session's reads went: for its page, and /pool."""
+        session.info[READS] = self.last_reads = {"server": server, "why": why}
 
 
 def has_replayed(connection: Connection, position: str) -> bool:
@@ -164,7 +163,7 @@ class RoutingSession(Session):
             # too: its own rows, flushed or not, are there only; and so does
             # the rest of the request once it has committed one (the
             # refresh of an object expired by the commit, for one).
-            self.routing.wrote()
+            self.routing.note(self, "primary", "a write, or after one")
             return engine
         if READS_ON not in self.info:
             # Chosen once a transaction: its reads see one server's data.

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from . import db
 from . import helpers
+from . import replicas
 from .models import MessageModel
 from .web import MESSAGE_ID
 from .web import bp
@@ -27,7 +28,8 @@ def index() -> str:
     return render_page(
         pagination.items,
         pagination=pagination,
-        columns=Message.__table__.columns.keys(),
+        # Where this request's reads went, and why: a standby, or the primary.
+        reads=db.get_session().info.get(replicas.READS),
     )
 
 

@@ -417,3 +417,19 @@ def test_after_failover_the_app_writes_to_the_promoted_standby_by_itself():
     assert during[-1] == 201, during
     assert after == [201] * 20
     assert [message["text"] for message in listed].count("after") == 20
+
+
+# The page says where its reads went.
+
+
+def test_the_page_says_where_its_reads_went_and_why(app, replication):
+    writer = app.test_client()
+    assert "reads went to the <strong>standby</strong>: no write of yours." in (
+        writer.get("/").text
+    )
+    replication.standby.pause_replay()
+    assert writer.post("/messages", json={"text": "lagging"}).status_code == 201
+    assert (
+        "reads went to the <strong>primary</strong>:"
+        " standby has not replayed your last write yet."
+    ) in writer.get("/").text
