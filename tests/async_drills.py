@@ -260,3 +260,20 @@ def get_from_clients(url, clients, requests_each, timeout=30):
         return answers
 
     return [answer for answers in in_threads(client, clients) for answer in answers]
+
+
+def wait_until_answered_alone(url, tries=20, timeout=10):
+    """Send GET requests one after another until one answers 200.
+
+    gunicorn's readiness probe gives up on a request after a second
+    (testbed.loopback.wait_for_http): on a busy machine the worker may
+    still be serving one when the test's first request comes, and the two
+    run at once. A 200 here means the worker served this one alone.
+    """
+    for _ in range(tries):
+        try:
+            if requests.get(url, timeout=timeout).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+    raise AssertionError(f"{url} never answered 200 in {tries} tries")

@@ -34,6 +34,7 @@ from .async_drills import drill
 from .async_drills import get_each
 from .async_drills import get_from_clients
 from .async_drills import serve
+from .async_drills import wait_until_answered_alone
 
 # As asyncpg and aiomysql raise it, in Lite's teardown: the task is
 # asgiref's, on the teardown's loop; the future is the connection's, on the
@@ -198,6 +199,7 @@ def test_lite_under_gunicorn_gevent_serves_requests_one_at_a_time_not_at_once(
     # Lite's teardown.
     options = ("--worker-class", "gevent", "--worker-connections", "4")
     with serve("lite", database, tmp_path / "gunicorn.log", *options) as gunicorn:
+        wait_until_answered_alone(gunicorn.url + "/read")
         one_at_a_time = get_from_clients(gunicorn.url + "/read", 1, 50)
         at_once = get_from_clients(gunicorn.url + "/read", 4, 10)
         log = gunicorn.log()
