@@ -26,9 +26,11 @@ from flask import Response
 from flask import current_app
 from sqlalchemy import Connection
 from sqlalchemy import Engine
+from sqlalchemy import Result
 from sqlalchemy import event
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import ORMExecuteState
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import SessionTransaction
 from sqlalchemy.sql import ClauseElement
@@ -57,6 +59,7 @@ READS_ON = "replicas.reads_on"  # the engine this transaction reads from
 COMMITTED_A_WRITE = "replicas.committed_a_write"  # set the cookie after
 CAUGHT_UP = "replicas.caught_up"  # delete the cookie after
 READS = "replicas.reads"  # where this Session's reads went, and why
+LAST_BIND = "replicas.last_bind"  # the engine of the statement under way
 
 
 class Server:
@@ -118,6 +121,16 @@ class Routing:
         self.note(session, "primary", why)
         return self.primary
 
+    def dropped(self, session: Session, engine: Engine) -> None:
+        """A standby dropped a read's connection (it stopped, or restarted):
+        leave it alone a while, and read the rest on the primary."""
+        for standby in self.standbys:
+            if standby.engine is engine:
+                with self._lock:
+                    standby.down_until = time.monotonic() + self.retry_seconds
+                self.note(session, "primary", f"{standby.name} dropped the read")
+        session.info[READS_ON] = self.primary
+
     def note(self, session: Session, server: str, why: str) -> None:
         """Record where a Session's reads went: for its page, and /pool."""
         session.info[READS] = self.last_reads = {"server": server, "why": why}
@@ -153,6 +166,7 @@ class RoutingSession(Session):
         **kwargs: Any,
     ) -> Engine | Connection:
         engine = super().get_bind(mapper, clause=clause, bind=bind, **kwargs)
+        self.info[LAST_BIND] = engine
         # Another database (step 6's audit log), or a bind asked for.
         if bind is not None or engine is not self.routing.primary:
             return engine
@@ -169,7 +183,31 @@ class RoutingSession(Session):
             # Chosen once a transaction: its reads see one server's data.
             self.info[READS_ON] = self.routing.choose(self)
         reads_on: Engine = self.info[READS_ON]
+        self.info[LAST_BIND] = reads_on
         return reads_on
+
+
+@event.listens_for(RoutingSession, "do_orm_execute")
+def read_on_the_primary_if_the_standby_drops(
+    state: ORMExecuteState,
+) -> Result[Any] | None:
+    """Run a read again on the primary if its standby drops the connection
+    under it: the standby stopped, and the read need not fail."""
+    session = state.session
+    if not isinstance(session, RoutingSession):
+        return None
+    try:
+        return state.invoke_statement()
+    except DBAPIError as error:
+        engine = session.info.get(LAST_BIND)
+        standbys = [standby.engine for standby in session.routing.standbys]
+        if not error.connection_invalidated or engine not in standbys:
+            raise
+        assert engine is not None
+        session.routing.dropped(session, engine)
+        # A read only: the transaction wrote nothing, or it would read on
+        # the primary already.
+        return state.invoke_statement(bind_arguments={"bind": session.routing.primary})
 
 
 @event.listens_for(RoutingSession, "after_commit")

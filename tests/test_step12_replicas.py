@@ -7,11 +7,15 @@ wants. The failing variant is the routing Session of SQLAlchemy's
 documentation ("Custom Vertical Partitioning"), as written.
 """
 
+import json
+import logging
 import random
+import re
 import threading
 import time
 
 import pytest
+import requests
 from sqlalchemy import create_engine
 from sqlalchemy import delete
 from sqlalchemy import insert
@@ -30,14 +34,18 @@ from sqlalchemy.sql import Update
 from step12_replicas import create_app
 from step12_replicas import db
 from step12_replicas.replicas import POSITION_COOKIE
+from testbed.gunicorn import Gunicorn
 from testbed.postgres import HOW_TO_GET_POSTGRES
 from testbed.postgres import find_binaries
 from testbed.replicas import Replication
 from testbed.step_apps import close_app
+from testbed.threads import in_threads
 
 from .conftest import skip_or_fail
 
 pytestmark = pytest.mark.slow
+
+logger = logging.getLogger(__name__)
 
 
 @pytest.fixture(scope="module")
@@ -247,6 +255,32 @@ def test_when_the_standby_stops_reads_fall_back_to_the_primary_and_return(
     assert reads_went_to(app) == "standby"
 
 
+def test_a_read_whose_standby_drops_its_connection_runs_again_on_the_primary(
+    app, replication
+):
+    standby = app.extensions["engines"]["standby"]
+    with app.app_context():
+        session = db.get_session()
+        Message = db.get_models().Message
+        assert session.scalars(select(Message)).all() == []
+        assert reads_went_to(app) == "standby"
+        # The standby ends the transaction's connection, as a restart does.
+        pid = session.connection(bind_arguments={"bind": standby}).scalar(
+            text("SELECT pg_backend_pid()")
+        )
+        with replication.standby.admin_engine().connect() as admin:
+            admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+        # The next read of the transaction fails there, and runs again on
+        # the primary; the standby is left alone REPLICA_RETRY_SECONDS.
+        assert session.scalars(select(Message)).all() == []
+        assert app.extensions["routing"].last_reads == {
+            "server": "primary",
+            "why": "standby dropped the read",
+        }
+        session.rollback()
+
+
 def test_when_the_primary_stops_writes_answer_503_and_reads_go_on(app, replication):
     client = app.test_client()
     assert client.post("/messages", json={"text": "one"}).status_code == 201
@@ -374,6 +408,11 @@ def multi_host(url, *clusters):
     )
 
 
+def answer_of(response):
+    """Return a response's status, and its JSON error if it has one."""
+    return response.status_code, (response.json or {}).get("error")
+
+
 def test_after_failover_the_app_writes_to_the_promoted_standby_by_itself():
     bindir = find_binaries()
     if bindir is None:
@@ -397,12 +436,12 @@ def test_after_failover_the_app_writes_to_the_promoted_standby_by_itself():
 
         # The primary's host is lost; the standby is promoted after it.
         pair.primary.stop(mode="immediate")
-        during = [client.post("/messages", json={"text": "during"}).status_code]
+        during = [answer_of(client.post("/messages", json={"text": "during"}))]
         pair.standby.promote()
-        while during[-1] != 201 and len(during) < 50:
-            during.append(client.post("/messages", json={"text": "during"}).status_code)
+        while during[-1][0] != 201 and len(during) < 50:
+            during.append(answer_of(client.post("/messages", json={"text": "during"})))
         after = [
-            client.post("/messages", json={"text": "after"}).status_code
+            answer_of(client.post("/messages", json={"text": "after"}))[0]
             for _ in range(20)
         ]
         listed = client.get("/messages").json
@@ -413,8 +452,8 @@ def test_after_failover_the_app_writes_to_the_promoted_standby_by_itself():
     # While no server took writes, JSON 503s; from the first write the
     # promoted standby took on, every write answers 201: pre-ping dropped
     # the pool's dead connections, and the URL's second host took over.
-    assert set(during[:-1]) == {503}, during
-    assert during[-1] == 201, during
+    assert {status for status, _ in during[:-1]} == {503}, during
+    assert during[-1][0] == 201, during
     assert after == [201] * 20
     assert [message["text"] for message in listed].count("after") == 20
 
@@ -433,3 +472,103 @@ def test_the_page_says_where_its_reads_went_and_why(app, replication):
         "reads went to the <strong>primary</strong>:"
         " standby has not replayed your last write yet."
     ) in writer.get("/").text
+
+
+# Proof 4 under load: gunicorn's workers, clients that read and write.
+
+CLIENTS = 4
+UNDER_LOAD_SECONDS = 8
+
+
+def read_or_write(url, writes, stop):
+    """Send requests until ``stop``: writes, or reads of the page; return
+    each as (sent, status, server of the page's reads or None).
+
+    A writer's reads would go to the primary for as long as the standby has
+    not replayed its last write, which a writer that writes every few
+    requests keeps it from: readers only read, with no write of theirs."""
+    answers = []
+    with requests.Session() as http:
+        for count in range(2000):
+            if stop.is_set():
+                break
+            sent = time.monotonic()
+            try:
+                if writes:
+                    response = http.post(
+                        url + "/messages", json={"text": f"n{count}"}, timeout=10
+                    )
+                else:
+                    response = http.get(url + "/", timeout=10)
+            except requests.RequestException:
+                answers.append((sent, None, None))
+                continue
+            server = re.search(
+                r"reads went to the <strong>(\w+)</strong>", response.text
+            )
+            answers.append((sent, response.status_code, server and server[1]))
+    return answers
+
+
+def test_under_load_a_standby_that_stops_costs_no_request(
+    databases, replication, tmp_path
+):
+    standby_url = replication.standby.url_of(databases["DATABASE_URL"])
+    env = {
+        **databases,
+        "FLASK_REPLICA_DATABASE_URLS": json.dumps([standby_url]),
+        "FLASK_REPLICA_RETRY_SECONDS": "1",
+    }
+    initializer = create_app({"TESTING": True, **databases})
+    initializer.test_cli_runner().invoke(args=["init-db"])
+    close_app(initializer)
+    replication.standby.wait_for_replay()
+    stop = threading.Event()
+    with Gunicorn(
+        "step12_replicas.wsgi:app",
+        ["--workers", "2", "--threads", "4", "--log-level", "warning"],
+        env,
+        tmp_path / "gunicorn.log",
+    ) as gunicorn:
+        results = []
+        loader = threading.Thread(
+            target=lambda: results.extend(
+                in_threads(
+                    # Half the clients write, half read.
+                    lambda number, stop: read_or_write(
+                        gunicorn.url, number % 2 == 0, stop
+                    ),
+                    CLIENTS,
+                    stop,
+                    seconds=UNDER_LOAD_SECONDS,
+                )
+            )
+        )
+        loader.start()
+        try:
+            time.sleep(1.5)
+            stopped_at = time.monotonic()
+            replication.standby.stop()
+            time.sleep(2)
+            replication.standby.start()
+            started_at = time.monotonic()
+        finally:
+            loader.join()
+        log = gunicorn.log()
+    answers = [answer for each in results for answer in each]
+
+    # Not one request failed: reads went to the primary while the standby
+    # was down, and back to it once it answered again.
+    assert {status for _, status, _ in answers} <= {200, 201}, log[-3000:]
+    reads = [(sent, server) for sent, status, server in answers if server]
+    down = {server for sent, server in reads if stopped_at + 0.5 < sent < started_at}
+    back = {server for sent, server in reads if sent > started_at + 2}
+    assert {server for sent, server in reads if sent < stopped_at} == {"standby"}
+    assert down == {"primary"}
+    assert "standby" in back
+    logger.info(
+        "standby stopped under load: %d requests, %d reads on the primary"
+        " while it was down, 0 failed",
+        len(answers),
+        sum(1 for sent, server in reads if stopped_at < sent < started_at),
+    )
