@@ -136,11 +136,16 @@ def init_app(app: Flask) -> None:
         app.config["REPLICA_RETRY_SECONDS"],
         last_write_of_the_client,
     )
-    app.extensions["session"] = scoped_session(
+    # With no standby, step 11's plain Session: routing nothing costs nothing.
+    session_factory = (
         sessionmaker(
             class_=replicas.RoutingSession, bind=engine, binds=binds, routing=routing
-        ),
-        scopefunc=current_app_context,
+        )
+        if standbys
+        else sessionmaker(bind=engine, binds=binds)
+    )
+    app.extensions["session"] = scoped_session(
+        session_factory, scopefunc=current_app_context
     )
     # A forked child (uWSGI's workers, gunicorn --preload's, multiprocessing)
     # inherits the pool and its open connections; if both processes use one
@@ -149,9 +154,10 @@ def init_app(app: Flask) -> None:
     app.extensions["pool_owner"] = PoolOwner(
         list(engines.values()), app.extensions["session"]
     )
-    # A response to a request that committed a write gives the client the
-    # primary's WAL position, for its next reads.
-    app.after_request(give_the_client_its_position)
+    if standbys:
+        # A response to a request that committed a write gives the client
+        # the primary's WAL position, for its next reads.
+        app.after_request(give_the_client_its_position)
     # Without this, the app context's Session would keep its transaction
     # open and its connection checked out after the request.
     app.teardown_appcontext(remove_session)
