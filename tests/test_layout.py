@@ -38,12 +38,14 @@ CONCEPT_FILES = [
     "templates/index.html",
 ]
 # Step 9 adds async_views.py: how its async views run, under gevent too;
-# step 11 adds migrate.py, the flask db commands, and its migrations folder.
+# step 11 adds migrate.py, the flask db commands, and its migrations folder;
+# step 12 adds replicas.py, the routing Session and read-your-writes.
 CONCEPT_FILES_FROM = {
     "testing.py": "step07_testing",
     "async_views.py": "step09_app_context",
     "helpers.py": "step10_helpers",
     "migrate.py": "step11_migrations",
+    "replicas.py": "step12_replicas",
 }
 CONCEPT_FOLDERS = ["schema", "example_tests", "migrations"]
 
@@ -58,6 +60,7 @@ UNCOUNTED = {
     "async_views.py",
     "helpers.py",
     "migrate.py",
+    "replicas.py",
 }
 UNCOUNTED_FOLDERS = {"schema", "example_tests", "migrations"}
 
