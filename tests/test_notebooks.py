@@ -68,8 +68,8 @@ def test_every_cell_after_the_setup_ends_with_an_assert(step):
 # Each notebook runs on SQLite, the database a reader's notebook uses unless
 # DATABASE_URL says otherwise. Step 4's runs on PostgreSQL too, where its
 # fork table shows server processes; step 8's starts a PostgreSQL and a
-# PgBouncer of its own, and step 11's a PostgreSQL, whatever DATABASE_URL
-# says: each runs once.
+# PgBouncer of its own, step 11's a PostgreSQL and step 12's a primary and a
+# standby, whatever DATABASE_URL says: each runs once.
 NOTEBOOK_RUNS = [
     (step, backend)
     for step in STEPS
@@ -77,6 +77,7 @@ NOTEBOOK_RUNS = [
         "step04_pooling": ["sqlite", "postgresql"],
         "step08_pgbouncer": ["postgresql"],
         "step11_migrations": ["postgresql"],
+        "step12_replicas": ["postgresql"],
     }.get(step, ["sqlite"])
 ]
 
@@ -88,7 +89,7 @@ NOTEBOOK_RUNS = [
 def test_the_notebook_runs_on_a_fresh_kernel_and_shows_plots_and_tables(
     step, backend, request, monkeypatch
 ):
-    if step in ("step08_pgbouncer", "step11_migrations"):
+    if step in ("step08_pgbouncer", "step11_migrations", "step12_replicas"):
         if find_binaries() is None:
             skip_or_fail(HOW_TO_GET_POSTGRES)
         if step == "step08_pgbouncer" and find_pgbouncer() is None:
