@@ -1054,6 +1054,27 @@ def check_finds_nothing_to_do(reader):
     assert "No new upgrade operations detected." in reader.output
 
 
+def the_write_sets_the_wal_position_cookie(reader):
+    """Step 12: curl's jar holds the cookie the write's answer set."""
+    assert "wal_position" in reader.output
+
+
+def the_standby_has_your_last_write(reader):
+    """Step 12: a second after the write, the page reads on the standby."""
+    said = '"it has your last write"'
+    assert said in words(section_text("step12_replicas", "Try it"))
+    assert reader.output.strip() == (
+        "reads went to the <strong>standby</strong>: it has your last write"
+    )
+
+
+def then_no_write_of_yours(reader):
+    """Step 12: the cookie deleted, the next page reads on the standby."""
+    assert reader.output.strip() == (
+        "reads went to the <strong>standby</strong>: no write of yours"
+    )
+
+
 # What each Try section says a reader sees, in the order written: each
 # checked after the next command that begins so, whose result it shows.
 PROMISES = {
@@ -1127,6 +1148,11 @@ PROMISES = {
             upgraded_again_it_answers_without_a_restart,
         ),
         (".venv/bin/flask --app step11_migrations db check", check_finds_nothing_to_do),
+    ],
+    ("step12_replicas", "Try it"): [
+        ("grep wal_position jar", the_write_sets_the_wal_position_cookie),
+        ("curl -s -c jar -b jar localhost:5000/ |", the_standby_has_your_last_write),
+        ("curl -s -c jar -b jar localhost:5000/ |", then_no_write_of_yours),
     ],
 }
 
