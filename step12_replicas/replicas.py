@@ -88,7 +88,8 @@ class Routing:
         self.retry_seconds = retry_seconds
         # The client's last write, from its cookie: None outside a request.
         self.last_write = last_write
-        # Where the last reads went, and why, for the page and /pool.
+        # Where this process's last reads went, and why (each Session keeps
+        # its own in info[READS], which its page shows).
         self.last_reads: dict[str, str] = {"server": "none yet", "why": ""}
         self._lock = threading.Lock()
 
@@ -132,7 +133,7 @@ class Routing:
         session.info[READS_ON] = self.primary
 
     def note(self, session: Session, server: str, why: str) -> None:
-        """Record where a Session's reads went: for its page, and /pool."""
+        """Record where a Session's reads went, and why."""
         session.info[READS] = self.last_reads = {"server": server, "why": why}
 
 
