@@ -288,6 +288,30 @@ def probe_pooled(database_url):
     return statuses, int(connects), errors, probe.stderr
 
 
+def test_the_wsgi_module_makes_the_first_connection_before_any_request(tmp_path):
+    # The engine's first connection runs under its first-connect lock, which
+    # requests at once on loops of their own must not meet (docs/async.md,
+    # nullpool): a worker that loads wsgi.py has made it already.
+    loaded = subprocess.run(
+        [
+            *(sys.executable, "-c"),
+            "from async_session.wsgi import app;"
+            " print(app.extensions['async_counts'].totals()['connect'])",
+        ],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'messages.sqlite'}",
+            "FLASK_ASYNC_PATTERN": "nullpool",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.split() == ["1"]
+
+
 @pytest.mark.parametrize("backend", ["mariadb"])
 def test_pooled_on_aiomysql_every_other_request_fails_on_another_loops_connection(
     database_url,

@@ -1032,8 +1032,14 @@ def the_shell_reads_the_first_message(reader):
 
 
 def each_database_is_at_the_head(reader):
-    """Step 11: flask db current, one line per database."""
+    """Step 11: flask db current, one line per database, each after the
+    line that names it; on SQLite, Alembic assumes the transactional DDL
+    that the migration's BEGIN gives it."""
     assert reader.output.count("0002 (head)") == 2, reader.output
+    said = '"Will assume transactional DDL"'
+    assert said in words(page("step11_migrations/README.md"))
+    assert reader.output.count("Will assume transactional DDL.") == 2, reader.output
+    assert reader.output.count("On the messages database") == 1, reader.output
 
 
 def without_its_tables_the_app_answers_a_json_503(reader):
