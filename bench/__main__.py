@@ -22,6 +22,7 @@ from . import helpers
 from . import parity
 from . import per_test
 from . import pid_check
+from . import replicas
 from . import report
 from . import scale_out
 from .apps import BASELINE
@@ -88,6 +89,12 @@ def parse_arguments():
         action="store_true",
         help="skip step 8's instances on one small PostgreSQL, with and without"
         " PgBouncer (python -m bench.scale_out)",
+    )
+    parser.add_argument(
+        "--no-replicas",
+        action="store_true",
+        help="skip step 12's routing against step 11, and a standby under load"
+        " (python -m bench.replicas)",
     )
     parser.add_argument(
         "--rounds", type=int, help="in-process rounds of the main table (300)"
@@ -240,6 +247,12 @@ def main():
             print(f"scale-out skipped: {HOW_TO_GET_PGBOUNCER}", file=sys.stderr)
         else:
             for path in scale_out.run(out, quick):
+                print(path)
+    if not arguments.no_replicas and not arguments.no_load:
+        if "postgresql" not in servers or find_binaries() is None:
+            print("replicas skipped: they need PostgreSQL", file=sys.stderr)
+        else:
+            for path in replicas.run(out, quick):
                 print(path)
     if quick:
         print(QUICK_NOTE)

@@ -87,6 +87,11 @@ def pool_status() -> dict[str, Any]:
         "requests_running": extensions["request_counter"].running,
         "pid": os.getpid(),
         **{name: engine_status(name) for name in others},
+        # What a step adds to the panel: step 12, where the last reads went.
+        **{
+            name: report()
+            for name, report in extensions.get("pool_reports", {}).items()
+        },
     }
 
 

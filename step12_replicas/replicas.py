@@ -16,6 +16,7 @@ whose replay has passed it has the write. Once the standby has, the
 cookie is deleted, and the client's reads cost nothing more.
 """
 
+import functools
 import re
 import threading
 import time
@@ -23,14 +24,14 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Response
+from flask import after_this_request
 from flask import current_app
+from flask import has_request_context
 from sqlalchemy import Connection
 from sqlalchemy import Engine
-from sqlalchemy import Result
 from sqlalchemy import event
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import ORMExecuteState
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import SessionTransaction
 from sqlalchemy.sql import ClauseElement
@@ -56,8 +57,7 @@ HAS_REPLAYED = text(
 # Keys of Session.info.
 WROTE = "replicas.wrote"  # this transaction wrote: stay on the primary
 READS_ON = "replicas.reads_on"  # the engine this transaction reads from
-COMMITTED_A_WRITE = "replicas.committed_a_write"  # set the cookie after
-CAUGHT_UP = "replicas.caught_up"  # delete the cookie after
+COMMITTED_A_WRITE = "replicas.committed_a_write"  # the request wrote
 READS = "replicas.reads"  # where this Session's reads went, and why
 LAST_BIND = "replicas.last_bind"  # the engine of the statement under way
 
@@ -114,8 +114,9 @@ class Routing:
                     standby.down_until = time.monotonic() + self.retry_seconds
                 why = f"{standby.name} did not answer"
                 continue
-            if position is not None:
-                session.info[CAUGHT_UP] = True
+            if position is not None and has_request_context():
+                # The client's reads need not check from now on.
+                after_this_request(functools.partial(delete_the_position, session))
             why = "it has your last write" if position else "no write of yours"
             self.note(session, standby.name, why)
             return standby.engine
@@ -187,35 +188,45 @@ class RoutingSession(Session):
         self.info[LAST_BIND] = reads_on
         return reads_on
 
+    # Every statement of the ORM runs through one of these three (get(),
+    # refreshes and lazy loads through execute()): a read whose standby
+    # drops the connection under it (it stopped) runs again on the primary.
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return self._on_the_primary_if_dropped(super().execute, args, kwargs)
 
-@event.listens_for(RoutingSession, "do_orm_execute")
-def read_on_the_primary_if_the_standby_drops(
-    state: ORMExecuteState,
-) -> Result[Any] | None:
-    """Run a read again on the primary if its standby drops the connection
-    under it: the standby stopped, and the read need not fail."""
-    session = state.session
-    if not isinstance(session, RoutingSession):
-        return None
-    try:
-        return state.invoke_statement()
-    except DBAPIError as error:
-        engine = session.info.get(LAST_BIND)
-        standbys = [standby.engine for standby in session.routing.standbys]
-        if not error.connection_invalidated or engine not in standbys:
-            raise
-        assert engine is not None
-        session.routing.dropped(session, engine)
-        # A read only: the transaction wrote nothing, or it would read on
-        # the primary already.
-        return state.invoke_statement(bind_arguments={"bind": session.routing.primary})
+    def scalars(self, *args: Any, **kwargs: Any) -> Any:
+        return self._on_the_primary_if_dropped(super().scalars, args, kwargs)
+
+    def scalar(self, *args: Any, **kwargs: Any) -> Any:
+        return self._on_the_primary_if_dropped(super().scalar, args, kwargs)
+
+    def _on_the_primary_if_dropped(
+        self, run: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        try:
+            return run(*args, **kwargs)
+        except DBAPIError as error:
+            engine = self.info.get(LAST_BIND)
+            standbys = [standby.engine for standby in self.routing.standbys]
+            if not error.connection_invalidated or engine not in standbys:
+                raise
+            assert engine is not None
+            self.routing.dropped(self, engine)
+            # A read only: the transaction wrote nothing, or it would read
+            # on the primary already, where get_bind() now sends it.
+            return run(*args, **kwargs)
 
 
 @event.listens_for(RoutingSession, "after_commit")
 def remember_a_committed_write(session: Session) -> None:
-    """After a commit that wrote, the response gives the client its position."""
-    if session.info.get(WROTE):
+    """After a request's first commit that wrote, its response gives the
+    client the primary's position; the rest of the request reads there."""
+    if session.info.get(WROTE) and not session.info.get(COMMITTED_A_WRITE):
         session.info[COMMITTED_A_WRITE] = True
+        if has_request_context():
+            # Only the responses that need it pay for a cookie: no
+            # after_request function runs on every read.
+            after_this_request(functools.partial(give_the_position, session))
 
 
 @event.listens_for(RoutingSession, "after_transaction_end")
@@ -236,26 +247,31 @@ def position_from(cookie: str | None) -> str | None:
     return cookie
 
 
-def update_the_cookie(session: Session, routing: Routing, response: Response) -> None:
-    """Give the client the primary's position after a write it committed;
-    delete the cookie once a standby has replayed it."""
-    if not routing.standbys:
-        return
-    if session.info.pop(COMMITTED_A_WRITE, False):
-        try:
-            with routing.primary.connect() as connection:
-                position = connection.scalar(PRIMARY_POSITION)
-        except DBAPIError as error:
-            # The write is committed: its answer stands. The client's next
-            # reads may be stale, and the log says why.
-            current_app.logger.warning("no WAL position for the cookie", exc_info=error)
-            return
-        response.set_cookie(
-            POSITION_COOKIE,
-            str(position),
-            max_age=POSITION_COOKIE_SECONDS,
-            httponly=True,
-            samesite="Lax",
-        )
-    elif session.info.pop(CAUGHT_UP, False):
+def give_the_position(session: Session, response: Response) -> Response:
+    """Set the cookie to the primary's position after the request's write."""
+    assert isinstance(session, RoutingSession)
+    try:
+        # A connection of its own: the Session's transaction may have failed
+        # after the commit, and the write's answer must stand.
+        with session.routing.primary.connect() as connection:
+            position = connection.scalar(PRIMARY_POSITION)
+    except DBAPIError as error:
+        # The write is committed: its answer stands. The client's next
+        # reads may be stale, and the log says why.
+        current_app.logger.warning("no WAL position for the cookie", exc_info=error)
+        return response
+    response.set_cookie(
+        POSITION_COOKIE,
+        str(position),
+        max_age=POSITION_COOKIE_SECONDS,
+        httponly=True,
+        samesite="Lax",
+    )
+    return response
+
+
+def delete_the_position(session: Session, response: Response) -> Response:
+    """Delete the cookie: a standby has the client's last write."""
+    if not session.info.get(COMMITTED_A_WRITE):
         response.delete_cookie(POSITION_COOKIE, httponly=True, samesite="Lax")
+    return response

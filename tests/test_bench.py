@@ -18,6 +18,7 @@ from bench.helpers import CASES as HELPER_CASES
 from bench.load import HOW_TO_GET_WRK
 from bench.load import find_wrk
 from bench.parity import APPS as PARITY_APPS
+from bench.replicas import CASES as REPLICA_CASES
 from bench.scale_out import CASES as SCALE_OUT_CASES
 from testbed import ROOT
 from testbed import mariadb
@@ -81,6 +82,7 @@ def test_the_quick_benchmark_writes_a_table_json_and_a_chart(tmp_path):
         "parity.md",
         "async_views.md",
         "scale_out.md",
+        "replicas.md",
     ):
         assert QUICK_NOTE in (tmp_path / name).read_text(), name
     assert completed.stdout.splitlines()[-1] == QUICK_NOTE
@@ -145,6 +147,15 @@ def test_the_quick_benchmark_writes_a_table_json_and_a_chart(tmp_path):
     scaled = json.loads((tmp_path / "scale_out.json").read_text())
     assert [row["case"] for row in scaled["rows"]] == list(SCALE_OUT_CASES)
     assert (tmp_path / "scale_out.png").read_bytes().startswith(b"\x89PNG\r\n")
+    # Step 12 against step 11 on a primary and a standby: in-process, and
+    # under load, where the standby's own count shows the reads reached it.
+    routed = json.loads((tmp_path / "replicas.json").read_text())
+    assert list(routed["in-process"]["reads"]) == list(REPLICA_CASES)
+    for row in routed["under load"]:
+        on = "standby" if row["case"] == REPLICA_CASES[2] else "primary"
+        off = "primary" if on == "standby" else "standby"
+        assert row[f"transactions on the {on}"] > row["requests"]
+        assert row[f"transactions on the {off}"] < 20
 
 
 @pytest.mark.parametrize(

@@ -60,6 +60,7 @@ RESULT_TABLES = [
     "parity",
     "async_views",
     "scale_out",
+    "replicas",
 ]
 README = TEXT["README.md"]
 NUMBERS = {11: "eleven", 12: "twelve", 10: "ten"}
@@ -628,6 +629,41 @@ def test_the_per_test_costs_are_the_reference_run():
 
 
 PGBOUNCER = "docs/pgbouncer.md"
+
+
+def test_the_replicas_figures_are_the_reference_runs():
+    results = json.loads((ROOT / "bench" / "results" / "replicas.json").read_text())
+    reads, writes = results["in-process"]["reads"], results["in-process"]["writes"]
+    page = TEXT["docs/benchmark.md"]
+    section = " ".join(page[page.index("## Step 12's routing") :].split())
+    step11, standby = (
+        reads["step 11, the primary alone"],
+        reads["step 12, reads on the standby"],
+    )
+    assert (
+        f"{standby['µs per request']} µs against step 11's"
+        f" {step11['µs per request']} ({standby['ratio']:.2f}×)"
+    ) in section
+    no_standby = reads["step 12, no standby configured"]["ratio"]
+    assert f"step 12 with no standby {no_standby:.2f}×" in section
+    cookie = reads["step 12, a wal_position cookie to check"]["ratio"]
+    assert f"{cookie:.2f}× a read while" in section
+    assert f"is {writes['step 12, reads on the standby']['ratio']:.2f}× step 11's" in (
+        section
+    )
+    for row in results["under load, mean"]:
+        for case in ("step 11, the primary alone", "step 12, reads on the standby"):
+            median, spread = row[f"{case}, requests/s"].split(" ", 1)
+            low, high = spread.strip("()").split(" to ")
+            assert f"{int(median):,}" in section
+            assert f"({int(low):,} to {int(high):,})" in section
+    routed = [row for row in results["under load"] if row["case"].startswith("step 12")]
+    on_the_standby = [row["transactions on the standby"] for row in routed]
+    on_the_primary = [row["transactions on the primary"] for row in routed]
+    assert (
+        f"{min(on_the_standby):,} to {max(on_the_standby):,} transactions on the"
+        f" standby and {min(on_the_primary)} to {max(on_the_primary)} on the primary"
+    ) in section
 
 
 def test_the_scale_out_tables_are_the_reference_run():

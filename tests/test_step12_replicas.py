@@ -474,6 +474,23 @@ def test_the_page_says_where_its_reads_went_and_why(app, replication):
     ) in writer.get("/").text
 
 
+def test_pool_shows_each_servers_pool_and_where_the_last_reads_went(app, replication):
+    client = app.test_client()
+    client.get("/messages")
+    status = client.get("/pool").json
+    # The primary's pool at the top level, as in every step; the standby's
+    # under its name, with the same keys.
+    [standby_url] = app.config["REPLICA_DATABASE_URLS"]
+    for where, url in (
+        (status, app.config["DATABASE_URL"]),
+        (status["standby"], standby_url),
+    ):
+        assert where["url"] == make_url(url).render_as_string(hide_password=True)
+    assert status["standby"].keys() >= {"checked_in", "checked_out", "connects"}
+    assert status["standby"]["connects_in_this_process"] >= 1
+    assert status["reads"] == {"server": "standby", "why": "no write of yours"}
+
+
 # Proof 4 under load: gunicorn's workers, clients that read and write.
 
 CLIENTS = 4
