@@ -136,8 +136,10 @@ def init_app(app: Flask) -> None:
         last_write_of_the_client,
     )
     if standbys:
-        # /pool says where this process's last reads went, and why.
+        # /pool says where this process's last reads went, and why; the
+        # page, where its own went.
         app.extensions["pool_reports"] = {"reads": lambda: routing.last_reads}
+        app.context_processor(where_the_reads_went)
     # With no standby, step 11's plain Session: routing nothing costs nothing.
     session_factory = (
         sessionmaker(
@@ -225,6 +227,11 @@ def last_write_of_the_client() -> str | None:
     if replicas.POSITION_COOKIE not in request.environ.get("HTTP_COOKIE", ""):
         return None
     return replicas.position_from(request.cookies.get(replicas.POSITION_COOKIE))
+
+
+def where_the_reads_went() -> dict[str, Any]:
+    """Give the page where its request's reads went, and why."""
+    return {"reads": get_session().info.get(replicas.READS)}
 
 
 def current_app_context() -> int:

@@ -10,7 +10,6 @@ from sqlalchemy.orm import Session
 
 from . import db
 from . import helpers
-from . import replicas
 from .models import MessageModel
 from .web import MESSAGE_ID
 from .web import bp
@@ -28,8 +27,7 @@ def index() -> str:
     return render_page(
         pagination.items,
         pagination=pagination,
-        # Where this request's reads went, and why: a standby, or the primary.
-        reads=db.get_session().info.get(replicas.READS),
+        columns=Message.__table__.columns.keys(),
     )
 
 

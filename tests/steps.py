@@ -36,9 +36,14 @@ RUNS_AS_THE_STEP_BEFORE = {"step07_testing": "step06_multiple_databases"}
 # and teardown line for line (tests/test_layout.py). The tests of serving
 # (servers, forks, load) leave it out too; the contract, the schema's
 # tests and its own run on it.
+#
+# Step 12 with no standby configured, as every test but its own runs it,
+# serves as step 11 does, by the same measure: what it adds runs only
+# with standbys, and its own tests run it so, under gunicorn too.
 SERVES_AS_THE_STEP_BEFORE = {
     **RUNS_AS_THE_STEP_BEFORE,
     "step11_migrations": "step10_helpers",
+    "step12_replicas": "step11_migrations",
 }
 
 
