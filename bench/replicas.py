@@ -13,6 +13,12 @@ on loopback, the standby caught up. Two measurements:
   the standby whether it has replayed that write. Then a POST of a message,
   step 11's against step 12's, which asks the primary for its WAL position
   after the commit.
+- **Instructions per read**, in a full run when valgrind is installed:
+  cachegrind counts what the app's process executes for GET /messages/1,
+  two processes per case, one sending COUNTED_READS reads after a warm-up
+  and one none, as bench/parity.py counts, once for each of HASH_SEEDS:
+  the seed lays the process's objects out differently, and what identical
+  code moves by from seed to seed is the count's noise.
 - **Under load**, step 11 and step 12 under gunicorn (2 workers of 4 threads,
   --preload), driven by wrk, GET /messages/1, the two taking turns at each
   concurrency; each server's committed transactions are counted from
@@ -20,8 +26,13 @@ on loopback, the standby caught up. Two measurements:
   servers, not taken from the app.
 """
 
+import gc
 import json
+import os
+import shutil
 import statistics
+import subprocess
+import sys
 import time
 
 from sqlalchemy import create_engine
@@ -59,6 +70,12 @@ CONCURRENCIES = [8, 32]
 # says yes, and the response deletes the cookie, which the next one sends
 # again.
 REPLAYED_LONG_AGO = "0/1"
+# The cases with an app of their own (the cookie's reads through the
+# standby's); the instruction count's reads, its warm-up, and its seeds.
+COUNTED_READS = 300
+WARM_UP = 50
+HASH_SEEDS = ["0", "1", "2"]
+APP_CASES = [STEP11, NO_STANDBY, ON_THE_STANDBY]
 # Each server's transactions so far, committed and rolled back: a read's
 # transaction ends with a rollback, in teardown.
 TRANSACTIONS = (
@@ -109,12 +126,7 @@ def poster(client):
 
 def measure_in_process(databases, standby, requests, rounds):
     """Time the reads and the writes of step 11 and step 12, interleaved."""
-    routed = {**databases, "REPLICA_DATABASE_URLS": [standby]}
-    apps = {
-        STEP11: step11_migrations.create_app(databases),
-        NO_STANDBY: step12_replicas.create_app(databases),
-        ON_THE_STANDBY: step12_replicas.create_app(routed),
-    }
+    apps = {case: app_of(case, databases, standby) for case in APP_CASES}
     try:
         clients = {
             name: app.test_client(use_cookies=False) for name, app in apps.items()
@@ -143,6 +155,73 @@ def measure_in_process(databases, standby, requests, rounds):
         for app in apps.values():
             close_app(app)
     return {"reads": reads, "writes": writes}
+
+
+def app_of(case, databases, standby):
+    """Make the app of an in-process case (but the cookie's)."""
+    if case == STEP11:
+        return step11_migrations.create_app(databases)
+    if case == NO_STANDBY:
+        return step12_replicas.create_app(databases)
+    return step12_replicas.create_app({**databases, "REPLICA_DATABASE_URLS": [standby]})
+
+
+def send(case, databases, standby, reads):
+    """Make a case's app, warm it up, and send ``reads`` reads."""
+    client = app_of(case, databases, standby).test_client(use_cookies=False)
+    for _ in range(WARM_UP):
+        assert client.get(PATH).status_code == 200
+    # What the process made before the reads is frozen out of garbage
+    # collection: a collection walks what the reads made (bench/parity.py).
+    gc.collect()
+    gc.freeze()
+    for _ in range(reads):
+        client.get(PATH)
+
+
+def instructions_per_read(case, databases, standby, seed):
+    """Count what one read of a case executes in the app's process."""
+    counts = []
+    for reads in (0, COUNTED_READS):
+        run = subprocess.run(
+            [
+                # Addresses fixed (no ASLR), and the hash seed given: the
+                # count moves only with what the seed changes.
+                *("setarch", "--addr-no-randomize"),
+                *("valgrind", "--tool=cachegrind", "--cache-sim=no"),
+                "--cachegrind-out-file=/dev/null",
+                *(sys.executable, "-m", "bench.replicas", "--send", case),
+                *(json.dumps(databases), standby, str(reads)),
+            ],
+            # One thread: matplotlib's numpy starts OpenBLAS's, which run
+            # (and are counted) while a read waits on PostgreSQL.
+            env={
+                **os.environ,
+                "PYTHONHASHSEED": seed,
+                "OPENBLAS_NUM_THREADS": "1",
+            },
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        )
+        # "==123== I   refs:      2,081,303,425"
+        line = next(line for line in run.stderr.splitlines() if "I   refs:" in line)
+        counts.append(int(line.rpartition(" ")[2].replace(",", "")))
+    return round((counts[1] - counts[0]) / COUNTED_READS)
+
+
+def counted(databases, standby):
+    """Each counted case's instructions per read, for each seed, or why not."""
+    if shutil.which("valgrind") is None:
+        return {"skipped": "valgrind is not installed (apt-get install valgrind)"}
+    return {
+        seed: {
+            case: instructions_per_read(case, databases, standby, seed)
+            for case in APP_CASES
+        }
+        for seed in HASH_SEEDS
+    }
 
 
 def transactions(urls):
@@ -256,6 +335,11 @@ def measure(quick):
     try:
         databases, standby = databases_on(replication)
         in_process = measure_in_process(databases, standby, requests, rounds)
+        instructions = (
+            {"skipped": "a --quick run counts no instructions"}
+            if quick
+            else counted(databases, standby)
+        )
         rows = measure_under_load(
             databases, standby, concurrencies, seconds, load_rounds
         )
@@ -264,9 +348,15 @@ def measure(quick):
     return {
         "quick": quick,
         "in-process": in_process,
+        "instructions per read": instructions,
         "under load": rows,
         "under load, mean": summarize(rows),
     }
+
+
+def routing_share(counts):
+    """What reading on the standby adds to a read with no standby."""
+    return counts[ON_THE_STANDBY] / counts[NO_STANDBY] - 1
 
 
 def goals(results):
@@ -302,6 +392,23 @@ def markdown(results):
                 ]
             )
         )
+    parts.append("\n## Instructions per read, the app's process\n\n")
+    instructions = results["instructions per read"]
+    if "skipped" in instructions:
+        parts.append(f"Not counted: {instructions['skipped']}.\n")
+    else:
+        parts.append(
+            table(
+                [
+                    {
+                        "hash seed": seed,
+                        **{case: f"{count:,}" for case, count in counts.items()},
+                        "routing over no standby": f"{routing_share(counts):+.1%}",
+                    }
+                    for seed, counts in instructions.items()
+                ]
+            )
+        )
     parts.append("\n## Under load: gunicorn, 2 workers of 4 threads, wrk\n\n")
     parts.append(table(results["under load, mean"]))
     parts.append("\nEach run, with each server's transactions counted on it:\n\n")
@@ -318,6 +425,10 @@ def run(out, quick):
 
 def main():
     """Read the command line, measure, and name the outputs."""
+    if sys.argv[1:2] == ["--send"]:
+        case, databases, standby, reads = sys.argv[2:]
+        send(case, json.loads(databases), standby, int(reads))
+        return
     run_part("python -m bench.replicas", __doc__, run)
 
 

@@ -657,6 +657,24 @@ def test_the_replicas_figures_are_the_reference_runs():
             low, high = spread.strip("()").split(" to ")
             assert f"{int(median):,}" in section
             assert f"({int(low):,} to {int(high):,})" in section
+    # The instructions, seed by seed: identical code's spread, and routing's.
+    counts = results["instructions per read"].values()
+    same_code = [
+        each["step 12, no standby configured"] / each["step 11, the primary alone"] - 1
+        for each in counts
+    ]
+    assert f"moved by {min(same_code):+.1%} to {max(same_code):+.1%}" in section
+    extra = [
+        each["step 12, reads on the standby"] - each["step 12, no standby configured"]
+        for each in counts
+    ]
+    share = [
+        each["step 12, reads on the standby"] / each["step 12, no standby configured"]
+        - 1
+        for each in counts
+    ]
+    assert f"{min(extra):,} to {max(extra):,} instructions more per read" in section
+    assert f"{min(share):.1%} to {max(share):.1%}" in section
     routed = [row for row in results["under load"] if row["case"].startswith("step 12")]
     on_the_standby = [row["transactions on the standby"] for row in routed]
     on_the_primary = [row["transactions on the primary"] for row in routed]
