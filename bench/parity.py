@@ -35,10 +35,7 @@ leaves out, and a control, step 4 holding 5,000 lists it never touches:
 what the control moves, the measure moves by for no reason in the code.
 """
 
-import gc
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 
@@ -46,6 +43,8 @@ import step04_pooling
 from step04_pooling.db import POOL_DEFAULTS
 
 from . import apps
+from . import cachegrind
+from .cachegrind import send_counted
 from .command_line import QUICK_NOTE
 from .command_line import run_part
 from .command_line import write_outputs
@@ -60,8 +59,6 @@ NO_COUNTER = "step 4 without the panel's request counter"
 REPEATED = "step04_pooling, counted again"
 CONTROL = "step 4 with 5,000 idle lists"
 PRE_PING = {"pre-ping on": True, "pre-ping off": False}
-# Requests that warm an app up before anything is counted or timed.
-WARM_UP = 50
 # The requests whose instructions are counted, in the run that sends them.
 COUNTED_REQUESTS = 3000
 # The message they read: the first of a new database's.
@@ -163,51 +160,17 @@ def engines_of(app):
     return [app.extensions["engine"]]
 
 
-def instructions_per_request(name, url):
-    """Count what one request of an app executes, with valgrind's cachegrind.
-
-    Two runs of a process that makes the app and warms it up: one sends
-    COUNTED_REQUESTS more requests, the other none. The difference is the
-    requests' alone, startup and warm-up cancelling out.
-    """
-    counts = []
-    for requests in (0, COUNTED_REQUESTS):
-        run = subprocess.run(
-            [
-                # Addresses fixed too (no ASLR): Python's containers hash by
-                # them, and the count would move from run to run.
-                *("setarch", "--addr-no-randomize"),
-                *("valgrind", "--tool=cachegrind", "--cache-sim=no"),
-                "--cachegrind-out-file=/dev/null",
-                *(sys.executable, "-m", "bench.parity", "--send"),
-                *(name, url, str(requests)),
-            ],
-            env={**os.environ, "PYTHONHASHSEED": "0"},
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=600,
-        )
-        # "==123== I   refs:      2,081,303,425"
-        line = next(line for line in run.stderr.splitlines() if "I   refs:" in line)
-        counts.append(int(line.rpartition(" ")[2].replace(",", "")))
-    return round((counts[1] - counts[0]) / COUNTED_REQUESTS)
-
-
 def send(name, url, requests):
-    """Make one app, pre-ping off, warm it up, send ``requests`` requests to
-    the message counted() stored."""
-    client = make_app(name, False, url).test_client()
-    for _ in range(WARM_UP):
-        assert client.get(COUNTED_PATH).status_code == 200
-    # Each garbage collection walks the objects the process holds, modules
-    # and all: without this the bare app's count moved by 3% with what the
-    # process had imported. Frozen, a collection walks what the requests
-    # made, and the count is the requests'.
-    gc.collect()
-    gc.freeze()
-    for _ in range(requests):
-        client.get(COUNTED_PATH)
+    """Make one app, pre-ping off, and send its counted requests to the
+    message counted() stored."""
+    send_counted(make_app(name, False, url).test_client(), COUNTED_PATH, requests)
+
+
+def instructions_per_request(name, url):
+    """Count what one request of an app executes (bench/cachegrind.py)."""
+    return cachegrind.instructions_per_request(
+        "bench.parity", [name, url], COUNTED_REQUESTS
+    )
 
 
 def counted(folder):

@@ -26,12 +26,9 @@ on loopback, the standby caught up. Two measurements:
   servers, not taken from the app.
 """
 
-import gc
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 
@@ -47,6 +44,8 @@ from testbed.replicas import Replication
 from testbed.step_apps import close_app
 from testbed.step_apps import initialize_databases
 
+from .cachegrind import instructions_per_request
+from .cachegrind import send_counted
 from .command_line import QUICK_NOTE
 from .command_line import run_part
 from .command_line import write_outputs
@@ -71,9 +70,8 @@ CONCURRENCIES = [8, 32]
 # again.
 REPLAYED_LONG_AGO = "0/1"
 # The cases with an app of their own (the cookie's reads through the
-# standby's); the instruction count's reads, its warm-up, and its seeds.
+# standby's); the instruction count's reads, and its seeds.
 COUNTED_READS = 300
-WARM_UP = 50
 HASH_SEEDS = ["0", "1", "2"]
 APP_CASES = [STEP11, NO_STANDBY, ON_THE_STANDBY]
 # Each server's transactions so far, committed and rolled back: a read's
@@ -167,48 +165,16 @@ def app_of(case, databases, standby):
 
 
 def send(case, databases, standby, reads):
-    """Make a case's app, warm it up, and send ``reads`` reads."""
+    """Make a case's app, and send its counted reads."""
     client = app_of(case, databases, standby).test_client(use_cookies=False)
-    for _ in range(WARM_UP):
-        assert client.get(PATH).status_code == 200
-    # What the process made before the reads is frozen out of garbage
-    # collection: a collection walks what the reads made (bench/parity.py).
-    gc.collect()
-    gc.freeze()
-    for _ in range(reads):
-        client.get(PATH)
+    send_counted(client, PATH, reads)
 
 
 def instructions_per_read(case, databases, standby, seed):
     """Count what one read of a case executes in the app's process."""
-    counts = []
-    for reads in (0, COUNTED_READS):
-        run = subprocess.run(
-            [
-                # Addresses fixed (no ASLR), and the hash seed given: the
-                # count moves only with what the seed changes.
-                *("setarch", "--addr-no-randomize"),
-                *("valgrind", "--tool=cachegrind", "--cache-sim=no"),
-                "--cachegrind-out-file=/dev/null",
-                *(sys.executable, "-m", "bench.replicas", "--send", case),
-                *(json.dumps(databases), standby, str(reads)),
-            ],
-            # One thread: matplotlib's numpy starts OpenBLAS's, which run
-            # (and are counted) while a read waits on PostgreSQL.
-            env={
-                **os.environ,
-                "PYTHONHASHSEED": seed,
-                "OPENBLAS_NUM_THREADS": "1",
-            },
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=600,
-        )
-        # "==123== I   refs:      2,081,303,425"
-        line = next(line for line in run.stderr.splitlines() if "I   refs:" in line)
-        counts.append(int(line.rpartition(" ")[2].replace(",", "")))
-    return round((counts[1] - counts[0]) / COUNTED_READS)
+    return instructions_per_request(
+        "bench.replicas", [case, json.dumps(databases), standby], COUNTED_READS, seed
+    )
 
 
 def counted(databases, standby):

@@ -162,6 +162,26 @@ def test_a_read_right_after_your_write_is_fresh_while_the_standby_lags(
     assert writer.get_cookie(POSITION_COOKIE) is None
 
 
+def test_a_request_that_reads_caught_up_then_writes_keeps_the_cookie(app, replication):
+    client = app.test_client()
+    created = client.post("/messages", json={"text": "first"})
+    replication.standby.wait_for_replay()
+    first_position = client.get_cookie(POSITION_COOKIE).value
+
+    # The PATCH reads the message on the standby, which has the client's
+    # last write (the cookie could go), then writes: its answer gives the
+    # new position, and says nothing else of the cookie.
+    renamed = client.patch(created.headers["Location"], json={"text": "second"})
+    assert renamed.status_code == 200, renamed.json
+    said = [
+        header
+        for header in renamed.headers.getlist("Set-Cookie")
+        if header.startswith(f"{POSITION_COOKIE}=")
+    ]
+    assert len(said) == 1, said
+    assert client.get_cookie(POSITION_COOKIE).value != first_position
+
+
 def test_on_the_docs_router_a_write_fails_to_read_itself_back(app, replication):
     use_the_docs_router(app)
     writer = app.test_client()
